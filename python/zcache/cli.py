@@ -1,0 +1,4 @@
+"""Command line entry point (placeholder until config lands)."""
+
+def main(argv=None) -> int:
+    return 0

@@ -1,0 +1,26 @@
+//! Rust errors become Python exceptions here and nowhere else.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+use crate::error::Error;
+
+create_exception!(zcache._native, NativeError, PyException, "Base class of every error raised by the Rust core.");
+create_exception!(zcache._native, MalformedError, NativeError, "Input bytes do not form a valid message.");
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        let message = err.to_string();
+        match err {
+            Error::Malformed { .. } => MalformedError::new_err(message),
+        }
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("NativeError", py.get_type::<NativeError>())?;
+    m.add("MalformedError", py.get_type::<MalformedError>())?;
+    Ok(())
+}

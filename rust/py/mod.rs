@@ -1,0 +1,12 @@
+//! The Python module `zcache._native`: registers classes and exceptions. Glue only, no logic.
+
+mod errors;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    Ok(())
+}
