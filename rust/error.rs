@@ -9,6 +9,83 @@ pub enum Error {
     /// Bytes that do not form a valid message of the protocol they claim to be.
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
+    /// A replication frame or pgoutput message that does not decode (`pg::pgoutput`). `what` names
+    /// the message being decoded, `offset` is the byte (from the start of the frame) where the
+    /// problem was found.
+    #[error("malformed {what} at byte {offset}: {problem}")]
+    MalformedMessage { what: &'static str, offset: usize, problem: DecodeProblem },
+    /// A row change or truncate names a relation OID that no Relation message of this replication
+    /// session has described (`pg::relations::RelationCache`).
+    #[error("pgoutput {message} names relation oid {oid}, which no Relation message has described")]
+    UnknownRelation { message: &'static str, oid: u32 },
+    /// A tuple's column count differs from the column count of its relation's Relation message.
+    #[error("pgoutput {message} for relation oid {oid} has {tuple} columns, its Relation message has {relation}")]
+    ColumnCountMismatch { message: &'static str, oid: u32, relation: usize, tuple: usize },
+}
+
+/// Why bytes failed to decode as a replication frame or pgoutput message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeProblem {
+    /// A read needed more bytes than were left.
+    Truncated { needed: usize, available: usize },
+    /// The message ended before the buffer did.
+    TrailingBytes { count: usize },
+    /// A message or frame tag byte that no supported message has.
+    UnknownTag { tag: u8 },
+    /// A message tag of a later protocol version (streaming, two-phase); zcache speaks v1.
+    UnsupportedTag { tag: u8, name: &'static str },
+    /// A sub-message tag (`N`, `K`, `O`) other than the ones allowed at this point.
+    UnexpectedTag { expected: &'static str, found: u8 },
+    /// A tuple column kind other than `n`, `u`, `t`, `b`.
+    UnknownTupleKind { kind: u8 },
+    /// A replica identity other than `d`, `n`, `f`, `i`.
+    UnknownReplicaIdentity { value: u8 },
+    /// A negative count or length.
+    NegativeLength { value: i64 },
+    /// A `String` with no NUL terminator before the end of the buffer.
+    UnterminatedString,
+    /// A `String` that is not UTF-8.
+    InvalidUtf8 { valid_up_to: usize },
+}
+
+/// `'x' (0x78)` for printable ASCII, `0x07` otherwise.
+struct TagByte(u8);
+
+impl std::fmt::Display for TagByte {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "'{}' ({:#04x})", char::from(self.0), self.0)
+        } else {
+            write!(f, "{:#04x}", self.0)
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeProblem::Truncated { needed, available } => {
+                write!(f, "truncated: needs {needed} more bytes, {available} left")
+            }
+            DecodeProblem::TrailingBytes { count } => write!(f, "{count} trailing bytes after the message"),
+            DecodeProblem::UnknownTag { tag } => write!(f, "unknown tag {}", TagByte(*tag)),
+            DecodeProblem::UnsupportedTag { tag, name } => {
+                write!(f, "tag {} is {name}, which needs a protocol version above 1", TagByte(*tag))
+            }
+            DecodeProblem::UnexpectedTag { expected, found } => {
+                write!(f, "expected {expected}, found {}", TagByte(*found))
+            }
+            DecodeProblem::UnknownTupleKind { kind } => write!(f, "unknown tuple column kind {}", TagByte(*kind)),
+            DecodeProblem::UnknownReplicaIdentity { value } => {
+                write!(f, "unknown replica identity {}", TagByte(*value))
+            }
+            DecodeProblem::NegativeLength { value } => write!(f, "negative count or length {value}"),
+            DecodeProblem::UnterminatedString => f.write_str("string has no NUL terminator"),
+            DecodeProblem::InvalidUtf8 { valid_up_to } => {
+                write!(f, "string is not UTF-8 (valid up to byte {valid_up_to} of it)")
+            }
+        }
+    }
 }
 
 impl Error {
@@ -16,7 +93,9 @@ impl Error {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Malformed { .. } => "MalformedError",
+            Error::Malformed { .. } | Error::MalformedMessage { .. } => "MalformedError",
+            Error::UnknownRelation { .. } => "UnknownRelationError",
+            Error::ColumnCountMismatch { .. } => "ColumnCountMismatchError",
         }
     }
 }

@@ -5,6 +5,8 @@
 //! (maturin enables it).
 
 pub mod error;
+pub mod pg;
+pub mod version;
 
 #[cfg(feature = "python")]
 mod py;

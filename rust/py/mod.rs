@@ -1,6 +1,7 @@
 //! The Python module `zcache._native`: registers classes and exceptions. Glue only, no logic.
 
 mod errors;
+mod pg;
 
 use pyo3::prelude::*;
 
@@ -8,5 +9,6 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    pg::register(m)?;
     Ok(())
 }

@@ -1,0 +1,1 @@
+"""The server process: the root nursery that runs every service (`main.serve`)."""

@@ -1,0 +1,26 @@
+//! PostgreSQL wire formats used by replication: the replication-protocol CopyData frames and the
+//! pgoutput (v1) logical decoding messages inside them, LSNs and wire timestamps.
+//!
+//! Sans-IO: everything here consumes byte slices and returns values; the socket belongs to Python
+//! (`psycopg.pq.PGconn` driven by Trio), which hands frames over in batches.
+//!
+//! * [`reader`]: bounds-checked big-endian cursor; all decoding goes through it.
+//! * [`pgoutput`]: frame and message types, [`pgoutput::decode_frame`], the standby status encoder.
+//! * [`relations`]: per-session OID → Relation cache that validates row changes.
+//! * [`describe`]: the stable one-line rendering used by golden tests and debugging.
+//! * [`lsn`], [`time`]: `X/Y` LSNs and µs-since-2000 timestamps.
+
+pub mod describe;
+pub mod lsn;
+pub mod pgoutput;
+pub mod reader;
+pub mod relations;
+pub mod time;
+
+#[cfg(test)]
+pub(crate) mod test_encoder;
+
+pub use lsn::Lsn;
+pub use pgoutput::{decode_frame, decode_message, encode_standby_status, Frame, Message};
+pub use relations::RelationCache;
+pub use time::PgTimestamp;
