@@ -21,6 +21,30 @@ pub enum Error {
     /// A tuple's column count differs from the column count of its relation's Relation message.
     #[error("pgoutput {message} for relation oid {oid} has {tuple} columns, its Relation message has {relation}")]
     ColumnCountMismatch { message: &'static str, oid: u32, relation: usize, tuple: usize },
+    /// A column value that does not decode as its type (`pg::values`). `type_name` names the
+    /// value kind (`int4`, `text`, `int4[]`, …), `format` is `binary`, `text` or `json`.
+    #[error("invalid {type_name} value in {format} format: {detail}")]
+    InvalidValue { type_name: String, format: &'static str, detail: String },
+    /// A value of a type the replica does not store (bytea, interval, ranges, …) was given to a
+    /// decoder (`pg::values`).
+    #[error("type {type_name} is not supported for replication")]
+    UnsupportedType { type_name: String },
+    /// The replication stream is valid but breaks its own rules (a Commit without a Begin, …).
+    #[error("replication protocol violation: {detail}")]
+    Protocol { detail: String },
+    /// A published schema the replica cannot be built from (no usable key, unreadable spec, …).
+    #[error("schema problem: {detail}")]
+    Schema { detail: String },
+    /// Upstream changed in a way the replica cannot follow from the stream alone; a new initial
+    /// sync (a resync) is needed.
+    #[error("the replica must be resynced: {reason}")]
+    ResyncRequired { reason: String },
+    /// The replica's SQLite file failed.
+    #[error("replica database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file operation on the replica failed.
+    #[error("replica file error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Why bytes failed to decode as a replication frame or pgoutput message.
@@ -96,6 +120,12 @@ impl Error {
             Error::Malformed { .. } | Error::MalformedMessage { .. } => "MalformedError",
             Error::UnknownRelation { .. } => "UnknownRelationError",
             Error::ColumnCountMismatch { .. } => "ColumnCountMismatchError",
+            Error::InvalidValue { .. } => "InvalidValueError",
+            Error::UnsupportedType { .. } => "UnsupportedTypeError",
+            Error::Protocol { .. } => "ReplicationProtocolError",
+            Error::Schema { .. } => "SchemaError",
+            Error::ResyncRequired { .. } => "ResyncRequiredError",
+            Error::Sqlite(_) | Error::Io(_) => "ReplicaStorageError",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod pg;
+pub mod replica;
 pub mod version;
 
 #[cfg(feature = "python")]

@@ -63,3 +63,108 @@ def describe_replication_frames(frames: Sequence[bytes | bytearray]) -> list[str
     decode. The GIL is released while decoding. The line grammar is documented in
     ``rust/pg/describe.rs``.
     """
+
+class ReplicationProtocolError(NativeError):
+    """The replication stream breaks its own rules (a Commit without a Begin, a row change
+    outside a transaction, an unreadable DDL message)."""
+
+class SchemaError(NativeError):
+    """A published schema the replica cannot be built from (a table without a usable key, a key
+    column of an unsupported type), or a file that is not a zcache replica."""
+
+class ResyncRequiredError(NativeError):
+    """Upstream changed in a way the replica cannot follow from the stream alone (a column type
+    change, a table added to the publications with its rows, a schema change without a DDL
+    event): a new initial sync is needed."""
+
+class ReplicaStorageError(NativeError):
+    """The replica's SQLite file, or a file operation on it, failed."""
+
+class InvalidValueError(NativeError):
+    """A column value's bytes are not a valid encoding of its type."""
+
+class UnsupportedTypeError(NativeError):
+    """A value of a type zcache does not replicate was asked to be decoded."""
+
+class ApplyOutcome:
+    """What one :meth:`ReplicaWriter.apply_frames` call did."""
+
+    transactions: int
+    """Upstream transactions made durable by the call."""
+    rows: int
+    """Row changes applied (durable, or pending in an open upstream transaction)."""
+    skipped_transactions: int
+    """Transactions skipped because the replica already had them (a resumed stream)."""
+    state_version: str
+    """The replica's durable state version (LexiVersion of the last commit LSN)."""
+    ack_lsn: int
+    """The LSN that may be confirmed upstream as flushed."""
+    in_transaction: bool
+    """An upstream transaction is still open; its Commit arrives in a later batch."""
+    reply_requested: bool
+    """A keepalive in the batch asked for an immediate status update."""
+    schema_changed: bool
+    """A replicated table's schema changed (DDL) in the batch."""
+
+class ReplicaWriter:
+    """Applies the replication stream to an existing replica (one writer per replica file).
+
+    Each upstream transaction lands in one SQLite transaction with its watermark and change-log
+    entries; commits are durable before :attr:`ApplyOutcome.ack_lsn` reports them. Transactions
+    the replica already has are skipped. On error the open transaction is rolled back and the
+    writer reloads its state from the file.
+    """
+
+    def __init__(self, path: str, ddl_message_prefix: str) -> None:
+        """Open the replica at ``path``; ``ddl_message_prefix`` is the logical-message prefix of
+        the shard's DDL events (``upstream.ddl_message_prefix``). Raises :class:`SchemaError` if
+        the file is not a zcache replica."""
+
+    def apply_frames(self, frames: Sequence[bytes | bytearray]) -> ApplyOutcome:
+        """Decode and apply a batch of replication CopyData frames (GIL released)."""
+
+    def reset_session(self) -> None:
+        """Forget the replication session after a disconnect: roll back an open upstream
+        transaction (the next session resends it) and the Relation messages seen."""
+
+    @property
+    def state_version(self) -> str: ...
+    @property
+    def watermark_lsn(self) -> int:
+        """End LSN of the last applied transaction: where streaming resumes."""
+    @property
+    def replica_version(self) -> str:
+        """The initial sync's version (LexiVersion of the slot's consistent point)."""
+    @property
+    def slot(self) -> str: ...
+    @property
+    def publications(self) -> list[str]: ...
+
+class InitialSync:
+    """Builds a new replica from binary COPY output in a staging file, then renames it into place.
+
+    ``schema_json`` is the shard's published schema (``upstream.published_schema``).
+    """
+
+    def __init__(
+        self,
+        staging_path: str,
+        schema_json: str,
+        *,
+        consistent_point: int,
+        slot: str,
+        publications: Sequence[str],
+        app_id: str,
+        shard_num: int,
+        ddl_detection: bool,
+    ) -> None: ...
+    def copy_statement(self, oid: int) -> str:
+        """The ``COPY … TO STDOUT (FORMAT binary)`` whose output :meth:`copy_chunks` expects."""
+    def copy_chunks(self, oid: int, chunks: Sequence[bytes | bytearray]) -> int:
+        """Insert the rows in these chunks of table ``oid``'s COPY output (any chunking; GIL
+        released); returns how many rows they held."""
+    def finish_table(self, oid: int) -> int:
+        """Check that the table's COPY output ended properly; returns its row count."""
+    def finish(self, replica_path: str) -> None:
+        """Build indexes, record config and state, make the file durable and rename it over
+        ``replica_path`` atomically. The object cannot be used afterwards."""

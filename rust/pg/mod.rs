@@ -10,12 +10,15 @@
 //! * [`describe`]: the stable one-line rendering used by golden tests and debugging.
 //! * [`lsn`], [`time`]: `X/Y` LSNs and µs-since-2000 timestamps.
 
+pub mod copy;
 pub mod describe;
 pub mod lsn;
 pub mod pgoutput;
 pub mod reader;
+pub mod schema;
 pub mod relations;
 pub mod time;
+pub mod values;
 
 #[cfg(test)]
 pub(crate) mod test_encoder;

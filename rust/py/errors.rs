@@ -10,6 +10,12 @@ create_exception!(zcache._native, NativeError, PyException, "Base class of every
 create_exception!(zcache._native, MalformedError, NativeError, "Input bytes do not form a valid message.");
 create_exception!(zcache._native, UnknownRelationError, NativeError, "A row change names a relation no Relation message described.");
 create_exception!(zcache._native, ColumnCountMismatchError, NativeError, "A tuple's column count differs from its Relation message's.");
+create_exception!(zcache._native, InvalidValueError, NativeError, "A column value does not decode as its type.");
+create_exception!(zcache._native, UnsupportedTypeError, NativeError, "A value's type is not supported for replication.");
+create_exception!(zcache._native, ReplicationProtocolError, NativeError, "The replication stream breaks its own rules.");
+create_exception!(zcache._native, SchemaError, NativeError, "A published schema the replica cannot be built from.");
+create_exception!(zcache._native, ResyncRequiredError, NativeError, "Upstream changed in a way that needs a new initial sync.");
+create_exception!(zcache._native, ReplicaStorageError, NativeError, "The replica's SQLite file or its directory failed.");
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -18,6 +24,12 @@ impl From<Error> for PyErr {
             Error::Malformed { .. } | Error::MalformedMessage { .. } => MalformedError::new_err(message),
             Error::UnknownRelation { .. } => UnknownRelationError::new_err(message),
             Error::ColumnCountMismatch { .. } => ColumnCountMismatchError::new_err(message),
+            Error::InvalidValue { .. } => InvalidValueError::new_err(message),
+            Error::UnsupportedType { .. } => UnsupportedTypeError::new_err(message),
+            Error::Protocol { .. } => ReplicationProtocolError::new_err(message),
+            Error::Schema { .. } => SchemaError::new_err(message),
+            Error::ResyncRequired { .. } => ResyncRequiredError::new_err(message),
+            Error::Sqlite(_) | Error::Io(_) => ReplicaStorageError::new_err(message),
         }
     }
 }
@@ -28,5 +40,11 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MalformedError", py.get_type::<MalformedError>())?;
     m.add("UnknownRelationError", py.get_type::<UnknownRelationError>())?;
     m.add("ColumnCountMismatchError", py.get_type::<ColumnCountMismatchError>())?;
+    m.add("InvalidValueError", py.get_type::<InvalidValueError>())?;
+    m.add("UnsupportedTypeError", py.get_type::<UnsupportedTypeError>())?;
+    m.add("ReplicationProtocolError", py.get_type::<ReplicationProtocolError>())?;
+    m.add("SchemaError", py.get_type::<SchemaError>())?;
+    m.add("ResyncRequiredError", py.get_type::<ResyncRequiredError>())?;
+    m.add("ReplicaStorageError", py.get_type::<ReplicaStorageError>())?;
     Ok(())
 }

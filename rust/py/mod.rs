@@ -2,6 +2,7 @@
 
 mod errors;
 mod pg;
+mod replica;
 
 use pyo3::prelude::*;
 
@@ -10,5 +11,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     pg::register(m)?;
+    replica::register(m)?;
     Ok(())
 }

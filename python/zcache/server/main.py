@@ -2,8 +2,8 @@
 
 Services start in dependency order with `nursery.start` (each reports ready through
 `task_status`), and the whole tree stops on SIGINT/SIGTERM by cancelling the root scope, so
-every service's cleanup runs. Services arrive with their issues: replication (change source →
-replica), then the view syncers and the sync endpoint, then the mutation path.
+every service's cleanup runs. Running now: the replicator (upstream → SQLite replica). Next to
+come: the view syncers and the sync endpoint, then the mutation path.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import trio
 
 from zcache.config import ZeroConfig
+from zcache.replica.replicator import Replicator
 
 log = logging.getLogger("zcache.server")
 
@@ -31,5 +32,5 @@ async def serve(config: ZeroConfig) -> None:
     """Runs zcache until SIGINT/SIGTERM."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_cancel_on_signal, nursery.cancel_scope)
-        log.info("zcache running; stop with Ctrl-C")
-        await trio.sleep_forever()
+        replicator = await nursery.start(Replicator(config).run)
+        log.info("zcache running (replica at version %s); stop with Ctrl-C", replicator.statistics().state_version)

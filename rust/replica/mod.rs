@@ -1,0 +1,17 @@
+//! The SQLite replica: built by the initial sync, then kept up to date by the replication stream.
+//!
+//! * [`layout`]: the file's tables (one per published table, plus zcache's metadata and change log).
+//! * [`initial_sync`]: a new replica from binary COPY output, built in a staging file and renamed
+//!   into place atomically.
+//! * [`writer`]: applies batches of replication frames, one SQLite transaction per upstream
+//!   transaction, with the watermark and change log.
+//! * [`schema_change`]: follows upstream DDL by diffing published schemas.
+
+pub mod initial_sync;
+pub mod layout;
+pub mod schema_change;
+pub mod table;
+pub mod writer;
+
+pub use initial_sync::{InitialSync, ReplicaConfig};
+pub use writer::{ApplyOutcome, ReplicaWriter};

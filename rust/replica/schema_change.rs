@@ -1,0 +1,173 @@
+//! Follows upstream DDL: the shard's event trigger puts the whole published schema into the
+//! stream after every DDL command; diffing it against the replica's tables (matched by oid and
+//! columns by attnum) gives the replica's own DDL.
+//!
+//! What can be followed in place: new empty tables (`CREATE TABLE`), dropped tables, table and
+//! column renames, added columns (rows that existed before read the column's "missing" value,
+//! which Postgres stores for `ADD COLUMN … DEFAULT`), dropped columns, primary-key changes.
+//! What cannot, because upstream data changed without row changes in the stream: a table added to
+//! the publications with its existing rows, a column whose type changed (the table was
+//! rewritten), a dropped primary-key column. Those fail with [`Error::ResyncRequired`].
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+
+use crate::error::{Error, Result};
+use crate::pg::schema::{ColumnSpec, PublishedSchema, TableSpec};
+use crate::pg::values::{from_json, SqlValue, ValueKind};
+use crate::replica::layout::{self, quote_ident, VERSION_COLUMN};
+use crate::replica::table::ReplicaTable;
+
+/// What a schema change touched.
+#[derive(Debug, Default)]
+pub struct SchemaChange {
+    /// Upstream oids whose replica table was created, altered or dropped.
+    pub changed_oids: Vec<u32>,
+    /// Replica table names whose query results must be recomputed (change-log `r` entries).
+    pub reset_tables: Vec<String>,
+}
+
+pub(crate) fn apply_schema_change(
+    conn: &Connection,
+    tables: &mut HashMap<u32, ReplicaTable>,
+    schema: &PublishedSchema,
+    tag: &str,
+    version: &str,
+) -> Result<SchemaChange> {
+    let mut change = SchemaChange::default();
+    let mut replacement: HashMap<u32, ReplicaTable> = HashMap::with_capacity(schema.tables.len());
+    for spec in &schema.tables {
+        match tables.get(&spec.oid) {
+            None => {
+                if tag != "CREATE TABLE" {
+                    return Err(Error::ResyncRequired {
+                        reason: format!(
+                            "table {} became replicated by {tag}; its existing rows are not in the replication stream",
+                            spec.replica_name()
+                        ),
+                    });
+                }
+                let table = ReplicaTable::new(spec.clone())?;
+                layout::create_table(conn, spec, &table.columns, version)?;
+                layout::create_primary_key(conn, spec)?;
+                layout::save_table_spec(conn, spec)?;
+                change.changed_oids.push(spec.oid);
+                replacement.insert(spec.oid, table);
+            }
+            Some(old) if old.spec == *spec => {
+                replacement.insert(spec.oid, old.clone());
+            }
+            Some(old) => {
+                let table = alter_table(conn, old, spec, version)?;
+                layout::save_table_spec(conn, spec)?;
+                change.changed_oids.push(spec.oid);
+                change.reset_tables.push(table.name.clone());
+                replacement.insert(spec.oid, table);
+            }
+        }
+    }
+    for (oid, old) in tables.iter() {
+        if !replacement.contains_key(oid) {
+            layout::drop_primary_key(conn, &old.name)?;
+            conn.execute_batch(&format!("DROP TABLE {}", quote_ident(&old.name)))?;
+            conn.execute(r#"DELETE FROM "_zcache_tables" WHERE "oid" = ?1"#, params![oid])?;
+            conn.execute(r#"DELETE FROM "_zcache_changes" WHERE "table" = ?1"#, params![old.name])?;
+            change.changed_oids.push(*oid);
+            change.reset_tables.push(old.name.clone());
+        }
+    }
+    *tables = replacement;
+    Ok(change)
+}
+
+fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: &str) -> Result<ReplicaTable> {
+    let new_name = new.replica_name();
+    let key_changed = old.spec.primary_key != new.primary_key;
+    let renamed = old.name != new_name;
+    if key_changed || renamed {
+        layout::drop_primary_key(conn, &old.name)?;
+    }
+    if renamed {
+        conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote_ident(&old.name), quote_ident(&new_name)))?;
+        conn.execute(r#"UPDATE "_zcache_changes" SET "table" = ?1 WHERE "table" = ?2"#, params![new_name, old.name])?;
+    }
+    let old_by_attnum: HashMap<i16, &ColumnSpec> = old.spec.columns.iter().map(|c| (c.attnum, c)).collect();
+    let new_by_attnum: HashMap<i16, &ColumnSpec> = new.columns.iter().map(|c| (c.attnum, c)).collect();
+    for column in &old.spec.columns {
+        if !new_by_attnum.contains_key(&column.attnum) {
+            if old.spec.primary_key.contains(&column.name) {
+                return Err(Error::ResyncRequired {
+                    reason: format!("primary key column {} of {} was dropped", column.name, old.name),
+                });
+            }
+            if ValueKind::for_column(column).is_supported() {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {} DROP COLUMN {}",
+                    quote_ident(&new_name),
+                    quote_ident(&column.name)
+                ))?;
+            }
+        }
+    }
+    for column in &new.columns {
+        match old_by_attnum.get(&column.attnum) {
+            Some(previous) => {
+                if (previous.type_oid, previous.base_type_oid, previous.elem_type_oid)
+                    != (column.type_oid, column.base_type_oid, column.elem_type_oid)
+                {
+                    return Err(Error::ResyncRequired {
+                        reason: format!(
+                            "column {} of {} changed type from {} to {}; upstream rewrote its values",
+                            column.name, new_name, previous.type_name, column.type_name
+                        ),
+                    });
+                }
+                if previous.name != column.name && ValueKind::for_column(column).is_supported() {
+                    conn.execute_batch(&format!(
+                        "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                        quote_ident(&new_name),
+                        quote_ident(&previous.name),
+                        quote_ident(&column.name)
+                    ))?;
+                }
+            }
+            None => add_column(conn, &new_name, column, version)?,
+        }
+    }
+    if key_changed || renamed {
+        layout::create_primary_key(conn, new)?;
+    }
+    ReplicaTable::new(new.clone())
+}
+
+fn add_column(conn: &Connection, table: &str, column: &ColumnSpec, version: &str) -> Result<()> {
+    let kind = ValueKind::for_column(column);
+    if !kind.is_supported() {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "ALTER TABLE {} ADD COLUMN {} {}",
+        quote_ident(table),
+        quote_ident(&column.name),
+        kind.affinity()
+    ))?;
+    let missing = match (&column.missing, column.has_missing) {
+        (Some(value), true) => from_json(&kind, value)?,
+        _ => SqlValue::Null,
+    };
+    if missing != SqlValue::Null {
+        // Existing rows changed (they read the default now): they get this version, so clients
+        // that have them receive them again.
+        conn.execute(
+            &format!(
+                "UPDATE {} SET {} = ?1, {} = ?2",
+                quote_ident(table),
+                quote_ident(&column.name),
+                quote_ident(VERSION_COLUMN)
+            ),
+            params![missing, version],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,561 @@
+//! Applies the replication stream to the replica.
+//!
+//! Python hands over batches of CopyData frames exactly as the walsender sent them; this module
+//! decodes them (`pg::pgoutput`) and applies them:
+//!
+//! * Every upstream transaction is applied inside one SQLite transaction, together with the
+//!   replication state (`state_version` = LexiVersion of its commit LSN, `watermark_lsn` = its end
+//!   LSN) and the change-log entries of its rows. Several upstream transactions of one batch share
+//!   a SQLite transaction; a transaction that does not finish within its batch gets a SQLite
+//!   transaction of its own, which stays open until its Commit arrives in a later batch. So a
+//!   reader never sees part of an upstream transaction, and a crash loses nothing that was
+//!   acknowledged.
+//! * Commits are durable (`synchronous = FULL`) before [`ApplyOutcome::ack_lsn`] reports them, so
+//!   Python may confirm that LSN upstream.
+//! * A transaction whose commit LSN is not above the replica's state version was applied before
+//!   (a restart resumed slightly behind); it is skipped, so nothing is applied twice.
+//! * Schema changes arrive as the shard's DDL messages (see `upstream.py`) and are applied by
+//!   diffing published schemas (`replica::schema_change`). A change the replica cannot follow
+//!   without re-reading upstream data fails with [`Error::ResyncRequired`].
+//! * On any error the open SQLite transaction is rolled back and the in-memory state reloaded
+//!   from the file, so the writer stays consistent with what is durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::pg::pgoutput::{Frame, Message, OldTuple, TupleData, Value};
+use crate::pg::schema::{PublishedSchema, TableSpec};
+use crate::pg::values::{decode_binary, decode_text, SqlValue};
+use crate::pg::{decode_frame, Lsn, RelationCache};
+use crate::replica::layout::quote_ident;
+use crate::replica::schema_change::apply_schema_change;
+use crate::replica::table::ReplicaTable;
+use crate::version::{lexi_version, parse_lexi_version};
+
+/// What one [`ReplicaWriter::apply_frames`] call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyOutcome {
+    /// Upstream transactions made durable by this call.
+    pub transactions: u64,
+    /// Row changes (insert, update, delete) applied by this call, durable or not yet.
+    pub rows: u64,
+    /// Upstream transactions skipped because the replica already had them.
+    pub skipped_transactions: u64,
+    /// The replica's state version after this call (durable).
+    pub state_version: String,
+    /// The LSN that may be confirmed upstream as flushed: the end of the last durable transaction,
+    /// or, while no transaction is open, the WAL end the server last reported.
+    pub ack_lsn: u64,
+    /// An upstream transaction is open (its Commit has not arrived yet).
+    pub in_transaction: bool,
+    /// A keepalive asked for an immediate status update.
+    pub reply_requested: bool,
+    /// The schema of a replicated table changed in this call.
+    pub schema_changed: bool,
+}
+
+/// The replication state of the last finished upstream transaction in the open SQLite transaction.
+struct PendingState {
+    version: String,
+    commit_lsn: u64,
+    end_lsn: Lsn,
+}
+
+struct OpenTransaction {
+    version: String,
+    commit_lsn: u64,
+    /// The replica already has this transaction: ignore its messages.
+    skip: bool,
+    pos: i64,
+}
+
+/// `_zcache_replication_config`: which initial sync made the replica.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaIdentity {
+    pub replica_version: String,
+    pub slot: String,
+    pub publications: Vec<String>,
+    pub app_id: String,
+    pub shard_num: u32,
+    pub ddl_detection: bool,
+}
+
+pub struct ReplicaWriter {
+    conn: Connection,
+    identity: ReplicaIdentity,
+    ddl_message_prefix: String,
+    tables: HashMap<u32, ReplicaTable>,
+    /// oid → for each column of the last Relation message, the index of that column in the table.
+    relation_columns: HashMap<u32, Vec<usize>>,
+    relations: RelationCache,
+    state_version: String,
+    committed_lsn: u64,
+    watermark_lsn: Lsn,
+    transaction: Option<OpenTransaction>,
+    /// A SQLite transaction is open (it may hold finished upstream transactions not yet durable).
+    sqlite_open: bool,
+    /// Finished upstream transactions inside the open SQLite transaction.
+    pending_commits: u64,
+    pending_state: Option<PendingState>,
+    idle_wal_end: Lsn,
+}
+
+impl ReplicaWriter {
+    /// Opens an existing replica (made by `replica::initial_sync`).
+    pub fn open(path: &Path, ddl_message_prefix: &str) -> Result<Self> {
+        let conn = open_connection(path)?;
+        let mut writer = ReplicaWriter {
+            conn,
+            identity: ReplicaIdentity::default(),
+            ddl_message_prefix: ddl_message_prefix.to_owned(),
+            tables: HashMap::new(),
+            relation_columns: HashMap::new(),
+            relations: RelationCache::new(),
+            state_version: String::new(),
+            committed_lsn: 0,
+            watermark_lsn: Lsn(0),
+            transaction: None,
+            sqlite_open: false,
+            pending_commits: 0,
+            pending_state: None,
+            idle_wal_end: Lsn(0),
+        };
+        writer.reload()?;
+        Ok(writer)
+    }
+
+    #[must_use]
+    pub fn identity(&self) -> &ReplicaIdentity {
+        &self.identity
+    }
+
+    #[must_use]
+    pub fn state_version(&self) -> &str {
+        &self.state_version
+    }
+
+    #[must_use]
+    pub fn watermark_lsn(&self) -> Lsn {
+        self.watermark_lsn
+    }
+
+    fn reload(&mut self) -> Result<()> {
+        self.identity = self.conn.query_row(
+            r#"SELECT "replica_version", "slot", "publications", "app_id", "shard_num", "ddl_detection"
+               FROM "_zcache_replication_config""#,
+            [],
+            |row| {
+                let publications: String = row.get(2)?;
+                Ok(ReplicaIdentity {
+                    replica_version: row.get(0)?,
+                    slot: row.get(1)?,
+                    publications: serde_json::from_str(&publications).unwrap_or_default(),
+                    app_id: row.get(3)?,
+                    shard_num: row.get(4)?,
+                    ddl_detection: row.get(5)?,
+                })
+            },
+        )?;
+        let (state_version, watermark): (String, i64) = self.conn.query_row(
+            r#"SELECT "state_version", "watermark_lsn" FROM "_zcache_replication_state""#,
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        self.committed_lsn = parse_lexi_version(&state_version)?;
+        self.state_version = state_version;
+        self.watermark_lsn = Lsn(watermark as u64);
+        self.tables.clear();
+        let mut stmt = self.conn.prepare(r#"SELECT "spec" FROM "_zcache_tables""#)?;
+        let specs = stmt
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        drop(stmt);
+        for spec in specs {
+            let spec: TableSpec = serde_json::from_str(&spec).map_err(|e| Error::Schema {
+                detail: format!("unreadable table spec in the replica: {e}"),
+            })?;
+            self.tables.insert(spec.oid, ReplicaTable::new(spec)?);
+        }
+        self.relation_columns.clear();
+        self.relations.clear();
+        self.transaction = None;
+        self.sqlite_open = false;
+        self.pending_commits = 0;
+        self.pending_state = None;
+        Ok(())
+    }
+
+    /// Forgets the replication session: rolls back an upstream transaction still open (its frames
+    /// will be sent again from its Begin by the next session) and the Relation messages seen.
+    pub fn reset_session(&mut self) -> Result<()> {
+        if self.sqlite_open {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        self.reload()
+    }
+
+    /// Decodes and applies a batch of replication CopyData frames (see the module docs).
+    pub fn apply_frames<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<ApplyOutcome> {
+        match self.apply_frames_inner(frames) {
+            Ok(outcome) => Ok(outcome),
+            Err(err) => {
+                if self.sqlite_open {
+                    // The connection is ours; a failed rollback leaves nothing we could repair.
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.reload()?;
+                Err(err)
+            }
+        }
+    }
+
+    fn apply_frames_inner<B: AsRef<[u8]>>(&mut self, frames: &[B]) -> Result<ApplyOutcome> {
+        let decoded = frames.iter().map(|f| decode_frame(f.as_ref())).collect::<Result<Vec<_>>>()?;
+        let last_commit = decoded
+            .iter()
+            .rposition(|f| matches!(f, Frame::XLogData(x) if matches!(x.message, Message::Commit(_))));
+        let mut outcome = ApplyOutcome::default();
+        for (index, frame) in decoded.iter().enumerate() {
+            match frame {
+                Frame::Keepalive(k) => {
+                    outcome.reply_requested |= k.reply_requested;
+                    if self.transaction.is_none() {
+                        self.idle_wal_end = self.idle_wal_end.max(k.wal_end);
+                    }
+                }
+                Frame::XLogData(x) => {
+                    let finishes_here = last_commit.is_some_and(|last| index < last);
+                    self.apply_message(&x.message, finishes_here, &mut outcome)?;
+                }
+            }
+        }
+        if self.sqlite_open && self.transaction.is_none() {
+            outcome.transactions += self.pending_commits;
+            self.commit_sqlite()?;
+        }
+        outcome.state_version = self.state_version.clone();
+        outcome.in_transaction = self.transaction.is_some();
+        outcome.ack_lsn = if outcome.in_transaction || self.sqlite_open {
+            self.watermark_lsn.0
+        } else {
+            self.watermark_lsn.0.max(self.idle_wal_end.0)
+        };
+        Ok(outcome)
+    }
+
+    fn begin_sqlite(&mut self) -> Result<()> {
+        if !self.sqlite_open {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.sqlite_open = true;
+        }
+        Ok(())
+    }
+
+    fn commit_sqlite(&mut self) -> Result<()> {
+        if let Some(state) = self.pending_state.take() {
+            self.conn.execute(
+                r#"UPDATE "_zcache_replication_state" SET "state_version" = ?1, "watermark_lsn" = ?2"#,
+                params![state.version, state.end_lsn.0 as i64],
+            )?;
+            self.conn.execute_batch("COMMIT")?;
+            self.committed_lsn = state.commit_lsn;
+            self.state_version = state.version;
+            self.watermark_lsn = state.end_lsn;
+        } else {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        self.sqlite_open = false;
+        self.pending_commits = 0;
+        Ok(())
+    }
+
+    fn apply_message(&mut self, message: &Message<'_>, finishes_in_batch: bool, outcome: &mut ApplyOutcome) -> Result<()> {
+        match message {
+            Message::Begin(begin) => {
+                if self.transaction.is_some() {
+                    return Err(Error::Protocol { detail: "Begin inside an open transaction".into() });
+                }
+                // A transaction that will not finish in this batch keeps its SQLite transaction
+                // open across calls; earlier finished ones must not wait for it.
+                if !finishes_in_batch && self.sqlite_open {
+                    outcome.transactions += self.pending_commits;
+                    self.commit_sqlite()?;
+                }
+                let skip = begin.final_lsn.0 <= self.pending_lsn();
+                if skip {
+                    outcome.skipped_transactions += 1;
+                } else {
+                    self.begin_sqlite()?;
+                }
+                self.transaction =
+                    Some(OpenTransaction { version: lexi_version(begin.final_lsn.0), commit_lsn: begin.final_lsn.0, skip, pos: 0 });
+            }
+            Message::Commit(commit) => {
+                let tx = self.transaction.take().ok_or_else(|| Error::Protocol { detail: "Commit without Begin".into() })?;
+                if !tx.skip {
+                    self.pending_state =
+                        Some(PendingState { version: tx.version, commit_lsn: tx.commit_lsn, end_lsn: commit.end_lsn });
+                    self.pending_commits += 1;
+                }
+            }
+            Message::Relation(_) | Message::Type(_) => {
+                self.relations.observe(message)?;
+                if let Message::Relation(relation) = message {
+                    self.map_relation(relation.oid)?;
+                }
+            }
+            Message::Origin(_) => {}
+            Message::Message(m) => {
+                if m.prefix == self.ddl_message_prefix && m.transactional() {
+                    let tx = self.open_transaction()?;
+                    if !tx.skip {
+                        let version = tx.version.clone();
+                        let (schema, tag) = parse_ddl_message(m.content)?;
+                        let change = apply_schema_change(&self.conn, &mut self.tables, &schema, &tag, &version)?;
+                        for oid in &change.changed_oids {
+                            self.relation_columns.remove(oid);
+                        }
+                        for table in &change.reset_tables {
+                            self.record_change(table, None, "r")?;
+                        }
+                        outcome.schema_changed |= !change.changed_oids.is_empty();
+                    }
+                }
+            }
+            Message::Insert(insert) => {
+                if self.open_transaction()?.skip {
+                    return Ok(());
+                }
+                let (row, _) = self.decode_tuple("Insert", insert.oid, &insert.new)?;
+                self.upsert(insert.oid, &row)?;
+                outcome.rows += 1;
+            }
+            Message::Update(update) => {
+                if self.open_transaction()?.skip {
+                    return Ok(());
+                }
+                let (row, complete) = self.decode_tuple("Update", update.oid, &update.new)?;
+                let old_key = match &update.old {
+                    Some(OldTuple::Key(t) | OldTuple::Full(t)) => Some(self.decode_key("Update", update.oid, t)?),
+                    None => None,
+                };
+                self.update(update.oid, old_key, &row, complete)?;
+                outcome.rows += 1;
+            }
+            Message::Delete(delete) => {
+                if self.open_transaction()?.skip {
+                    return Ok(());
+                }
+                let key = self.decode_key("Delete", delete.oid, delete.old.tuple())?;
+                self.delete(delete.oid, &key)?;
+                outcome.rows += 1;
+            }
+            Message::Truncate(truncate) => {
+                if self.open_transaction()?.skip {
+                    return Ok(());
+                }
+                for oid in &truncate.oids {
+                    self.truncate(*oid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit LSN of the newest transaction applied, durable or pending.
+    fn pending_lsn(&self) -> u64 {
+        self.pending_state.as_ref().map_or(self.committed_lsn, |p| p.commit_lsn)
+    }
+
+    fn open_transaction(&self) -> Result<&OpenTransaction> {
+        self.transaction
+            .as_ref()
+            .ok_or_else(|| Error::Protocol { detail: "row change outside a transaction".into() })
+    }
+
+    fn take_pos(&mut self) -> (String, i64) {
+        let tx = self.transaction.as_mut().expect("checked by open_transaction");
+        tx.pos += 1;
+        (tx.version.clone(), tx.pos)
+    }
+
+    fn table(&self, oid: u32) -> Result<&ReplicaTable> {
+        self.tables.get(&oid).ok_or_else(|| Error::ResyncRequired {
+            reason: format!("upstream relation oid {oid} is not a replicated table of this replica"),
+        })
+    }
+
+    fn map_relation(&mut self, oid: u32) -> Result<()> {
+        let relation = self.relations.relation("Relation", oid)?;
+        let table = self.table(oid)?;
+        let mut mapping = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let index = table.columns.iter().position(|c| c.name == column.name).ok_or_else(|| Error::ResyncRequired {
+                reason: format!(
+                    "upstream table {} has a column {} that the replica does not know (a schema change without a DDL event)",
+                    table.name, column.name
+                ),
+            })?;
+            mapping.push(index);
+        }
+        if mapping.len() != table.columns.len() {
+            return Err(Error::ResyncRequired {
+                reason: format!(
+                    "upstream table {} sends {} columns, the replica has {} (a schema change without a DDL event)",
+                    table.name,
+                    mapping.len(),
+                    table.columns.len()
+                ),
+            });
+        }
+        self.relation_columns.insert(oid, mapping);
+        Ok(())
+    }
+
+    /// The tuple's values by table column; `None` for unchanged TOAST values. The flag says
+    /// whether every stored column is present.
+    fn decode_tuple(&self, message: &'static str, oid: u32, tuple: &TupleData<'_>) -> Result<(Vec<Option<SqlValue>>, bool)> {
+        let table = self.table(oid)?;
+        let mapping = self.relation_columns.get(&oid).ok_or(Error::UnknownRelation { message, oid })?;
+        if tuple.len() != mapping.len() {
+            return Err(Error::ColumnCountMismatch { message, oid, relation: mapping.len(), tuple: tuple.len() });
+        }
+        let mut row: Vec<Option<SqlValue>> = vec![Some(SqlValue::Null); table.columns.len()];
+        let mut complete = true;
+        for (position, value) in tuple.iter().enumerate() {
+            let index = mapping[position];
+            let column = &table.columns[index];
+            if !column.stored() {
+                continue;
+            }
+            row[index] = match value {
+                Value::Null => Some(SqlValue::Null),
+                Value::UnchangedToast => {
+                    complete = false;
+                    None
+                }
+                Value::Text(bytes) => Some(decode_text(&column.kind, bytes)?),
+                Value::Binary(bytes) => Some(decode_binary(&column.kind, bytes)?),
+            };
+        }
+        Ok((row, complete))
+    }
+
+    fn decode_key(&self, message: &'static str, oid: u32, tuple: &TupleData<'_>) -> Result<Vec<SqlValue>> {
+        let (row, _) = self.decode_tuple(message, oid, tuple)?;
+        let table = self.table(oid)?;
+        table
+            .primary_key
+            .iter()
+            .map(|&i| {
+                row[i].clone().ok_or_else(|| Error::Protocol {
+                    detail: format!("{message} on {} carries no value for key column {}", table.name, table.columns[i].name),
+                })
+            })
+            .collect()
+    }
+
+    fn record_change(&mut self, table: &str, row_key: Option<&str>, op: &str) -> Result<()> {
+        let (version, pos) = self.take_pos();
+        self.conn
+            .prepare_cached(
+                r#"INSERT INTO "_zcache_changes" ("state_version", "pos", "table", "row_key", "op") VALUES (?1, ?2, ?3, ?4, ?5)
+                   ON CONFLICT ("table", "row_key") DO UPDATE
+                   SET "state_version" = excluded."state_version", "pos" = excluded."pos", "op" = excluded."op""#,
+            )?
+            .execute(params![version, pos, table, row_key, op])?;
+        Ok(())
+    }
+
+    fn upsert(&mut self, oid: u32, row: &[Option<SqlValue>]) -> Result<()> {
+        let table = self.table(oid)?;
+        let version = self.open_transaction()?.version.clone();
+        let mut values: Vec<&SqlValue> = table.stored_columns().map(|(i, _)| row[i].as_ref().unwrap_or(&SqlValue::Null)).collect();
+        let version_value = SqlValue::Text(version);
+        values.push(&version_value);
+        self.conn.prepare_cached(&table.upsert_sql())?.execute(params_from_iter(values))?;
+        let key: Vec<&SqlValue> = table.primary_key.iter().map(|&i| row[i].as_ref().unwrap_or(&SqlValue::Null)).collect();
+        let row_key = table.row_key(&key);
+        let name = table.name.clone();
+        self.record_change(&name, Some(&row_key), "s")
+    }
+
+    fn update(&mut self, oid: u32, old_key: Option<Vec<SqlValue>>, row: &[Option<SqlValue>], complete: bool) -> Result<()> {
+        let table = self.table(oid)?.clone();
+        let new_key: Vec<SqlValue> =
+            table.primary_key.iter().map(|&i| row[i].clone().unwrap_or(SqlValue::Null)).collect();
+        let key_changed = old_key.as_ref().is_some_and(|old| old != &new_key);
+        if complete {
+            if let Some(old) = old_key.filter(|_| key_changed) {
+                self.delete(oid, &old)?;
+            }
+            return self.upsert(oid, row);
+        }
+        // Some TOASTed values were not sent: update the columns that were, in place.
+        let present: Vec<bool> = row.iter().map(Option::is_some).collect();
+        let version = SqlValue::Text(self.open_transaction()?.version.clone());
+        let where_key = old_key.clone().unwrap_or_else(|| new_key.clone());
+        let mut values: Vec<&SqlValue> = table.stored_columns().filter_map(|(i, _)| row[i].as_ref()).collect();
+        values.push(&version);
+        values.extend(where_key.iter());
+        let updated = self.conn.prepare_cached(&table.partial_update_sql(&present))?.execute(params_from_iter(values))?;
+        if updated != 1 {
+            return Err(Error::ResyncRequired {
+                reason: format!("an upstream update of {} names a row the replica does not have", table.name),
+            });
+        }
+        if key_changed {
+            let old: Vec<&SqlValue> = where_key.iter().collect();
+            self.record_change(&table.name, Some(&table.row_key(&old)), "d")?;
+        }
+        let new: Vec<&SqlValue> = new_key.iter().collect();
+        self.record_change(&table.name, Some(&table.row_key(&new)), "s")
+    }
+
+    fn delete(&mut self, oid: u32, key: &[SqlValue]) -> Result<()> {
+        let table = self.table(oid)?;
+        self.conn.prepare_cached(&table.delete_sql())?.execute(params_from_iter(key.iter()))?;
+        let key_refs: Vec<&SqlValue> = key.iter().collect();
+        let row_key = table.row_key(&key_refs);
+        let name = table.name.clone();
+        self.record_change(&name, Some(&row_key), "d")
+    }
+
+    fn truncate(&mut self, oid: u32) -> Result<()> {
+        let name = self.table(oid)?.name.clone();
+        self.conn.execute_batch(&format!("DELETE FROM {}", quote_ident(&name)))?;
+        self.conn.execute(r#"DELETE FROM "_zcache_changes" WHERE "table" = ?1"#, params![name])?;
+        self.record_change(&name, None, "t")
+    }
+}
+
+/// Opens the replica for writing: WAL (readers never block the writer), every commit durable.
+pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(512);
+    let exists: Option<i64> = conn
+        .query_row(r#"SELECT 1 FROM sqlite_master WHERE name = '_zcache_replication_state'"#, [], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(Error::Schema { detail: format!("{} is not a zcache replica", path.display()) });
+    }
+    Ok(conn)
+}
+
+fn parse_ddl_message(content: &[u8]) -> Result<(PublishedSchema, String)> {
+    #[derive(serde::Deserialize)]
+    struct DdlMessage {
+        tag: String,
+        schema: PublishedSchema,
+    }
+    let message: DdlMessage = serde_json::from_slice(content).map_err(|e| Error::Protocol {
+        detail: format!("unreadable DDL message: {e}"),
+    })?;
+    Ok((message.schema, message.tag))
+}
