@@ -814,7 +814,9 @@ fn decode_array(kind: &ValueKind, elem: &ValueKind, bytes: &[u8]) -> Result<Stri
         *dim = usize::try_from(size).map_err(|_| invalid(kind, BINARY, format!("negative dimension {size}")))?;
         count = count.saturating_mul(*dim);
     }
-    if ndim == 0 {
+    // A zero-length dimension makes the whole array empty, as array_recv reads it; rendering its
+    // other dimensions would let a header of a few bytes ask for gigabytes of `[]`.
+    if ndim == 0 || count == 0 {
         r.finish().map_err(|e| reader_error(kind, e))?;
         return Ok("[]".to_owned());
     }
@@ -1942,7 +1944,9 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(text(array(0, 0, 25, &[], &[])), "[]");
-        assert_eq!(text(array(2, 0, 25, &[(2, 1), (0, 1)], &[])), "[[],[]]");
+        // A zero-length dimension is an empty array (as array_recv reads it), whatever the others.
+        assert_eq!(text(array(2, 0, 25, &[(2, 1), (0, 1)], &[])), "[]");
+        assert_eq!(text(array(2, 0, 25, &[(i32::MAX, 1), (0, 1)], &[])), "[]");
         assert_eq!(text(array(1, 1, 1043, &[(2, 5)], &[None, Some(b"x")])), "[null,\"x\"]");
         let elems: Vec<Option<&[u8]>> = vec![Some(b"a"), Some(b"b"), Some(b"c"), Some(b"d"), Some(b"e"), Some(b"f")];
         assert_eq!(

@@ -111,6 +111,15 @@ async def test_initial_sync_then_streamed_changes(tldraw_db: str, pg_conn: psyco
         assert stats.transactions >= 7
         assert stats.resyncs == 0
 
+        # Lag and retained WAL are measurable; once caught up and acknowledged, the replica is
+        # at most the marker transaction behind.
+        with trio.fail_after(CATCH_UP_TIMEOUT_S):
+            while (health := await replicator.slot_health()).unconfirmed_bytes > 1024:
+                await trio.sleep(0.05)
+        assert health.wal_status in ("reserved", "extended")
+        assert health.retained_wal_bytes >= health.unconfirmed_bytes >= 0
+        assert health.replica_lag_bytes >= 0
+
 
 async def test_restart_resumes_from_the_watermark_without_a_new_sync(
     tldraw_db: str, pg_conn: psycopg.Connection, tmp_path: Path

@@ -61,6 +61,17 @@ class ReplicatorStatistics:
     resyncs: int
 
 
+@dataclass(frozen=True)
+class SlotHealth:
+    """How far the slot holds Postgres back, in bytes of WAL (zero-cache's slot metrics)."""
+
+    slot: str
+    wal_status: str
+    retained_wal_bytes: int  # WAL Postgres keeps for the slot (current LSN - restart_lsn)
+    unconfirmed_bytes: int  # WAL zcache has not confirmed as flushed (current LSN - confirmed_flush_lsn)
+    replica_lag_bytes: int  # WAL written upstream since the replica's watermark
+
+
 class VersionNotifier:
     """Latest-only broadcast of the replica's state version."""
 
@@ -114,6 +125,29 @@ class Replicator:
             reconnects=self._reconnects,
             resyncs=self._resyncs,
         )
+
+    async def slot_health(self) -> SlotHealth:
+        """Reads the slot's position upstream; raises ReplicatorError before the replica exists."""
+        writer = self._writer
+        if writer is None:
+            raise ReplicatorError("the replica is not ready yet")
+        slot, watermark = writer.slot, writer.watermark_lsn
+
+        def query() -> SlotHealth:
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
+                row = conn.execute(
+                    """SELECT wal_status,
+                              pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
+                              pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
+                              pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::int8
+                       FROM pg_replication_slots WHERE slot_name = %s""",
+                    [_native.format_lsn(watermark), slot],
+                ).fetchone()
+            if row is None:
+                raise ReplicatorError(f"replication slot {slot} does not exist upstream")
+            return SlotHealth(slot, str(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+        return await trio.to_thread.run_sync(query)
 
     async def run(self, *, task_status: trio.TaskStatus[Replicator] = trio.TASK_STATUS_IGNORED) -> None:
         self._setup = await trio.to_thread.run_sync(self._set_up_upstream)
