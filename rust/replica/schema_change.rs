@@ -7,7 +7,10 @@
 //! which Postgres stores for `ADD COLUMN … DEFAULT`), dropped columns, primary-key changes.
 //! What cannot, because upstream data changed without row changes in the stream: a table added to
 //! the publications with its existing rows, a column whose type changed (the table was
-//! rewritten), a dropped primary-key column. Those fail with [`Error::ResyncRequired`].
+//! rewritten; the shard's table_rewrite trigger reports every rewrite), a dropped primary-key
+//! column. Those fail with [`Error::ResyncRequired`]. A published table without a usable key
+//! is not replicated (its rows are skipped) until it gains one; if it was created empty in the
+//! stream and no rows were seen, it is then created in place, otherwise a resync copies it.
 
 use std::collections::HashMap;
 
@@ -31,6 +34,7 @@ pub struct SchemaChange {
 pub(crate) fn apply_schema_change(
     conn: &Connection,
     tables: &mut HashMap<u32, ReplicaTable>,
+    unreplicated: &mut HashMap<u32, bool>,
     schema: &PublishedSchema,
     tag: &str,
     version: &str,
@@ -38,9 +42,22 @@ pub(crate) fn apply_schema_change(
     let mut change = SchemaChange::default();
     let mut replacement: HashMap<u32, ReplicaTable> = HashMap::with_capacity(schema.tables.len());
     for spec in &schema.tables {
+        if !has_usable_key(spec) {
+            if let Some(old) = tables.get(&spec.oid) {
+                return Err(Error::ResyncRequired {
+                    reason: format!("table {} lost its primary key (or replica identity index) through {tag}", old.name),
+                });
+            }
+            // Published but not replicable (yet): its rows are skipped until it gains a key.
+            // Known empty only when it was just created.
+            let empty = tag == "CREATE TABLE" || unreplicated.get(&spec.oid).copied().unwrap_or(false);
+            unreplicated.insert(spec.oid, empty);
+            continue;
+        }
         match tables.get(&spec.oid) {
             None => {
-                if tag != "CREATE TABLE" {
+                let known_empty = unreplicated.remove(&spec.oid).unwrap_or(false);
+                if tag != "CREATE TABLE" && !known_empty {
                     return Err(Error::ResyncRequired {
                         reason: format!(
                             "table {} became replicated by {tag}; its existing rows are not in the replication stream",
@@ -77,8 +94,17 @@ pub(crate) fn apply_schema_change(
             change.reset_tables.push(old.name.clone());
         }
     }
+    unreplicated.retain(|oid, _| schema.tables.iter().any(|t| t.oid == *oid));
     *tables = replacement;
     Ok(change)
+}
+
+/// Whether the replica can hold the table: a key whose columns all have replicable types.
+fn has_usable_key(spec: &TableSpec) -> bool {
+    !spec.primary_key.is_empty()
+        && spec.primary_key.iter().all(|key| {
+            spec.columns.iter().any(|c| &c.name == key && ValueKind::for_column(c).is_supported())
+        })
 }
 
 fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: &str) -> Result<ReplicaTable> {

@@ -91,6 +91,9 @@ pub struct ReplicaWriter {
     /// oid → for each column of the last Relation message, the index of that column in the table.
     relation_columns: HashMap<u32, Vec<usize>>,
     relations: RelationCache,
+    /// Published tables the replica does not hold (no usable key yet), by oid; `true` while the
+    /// table is known to be empty since its CREATE TABLE, so gaining a key needs no copy.
+    unreplicated: HashMap<u32, bool>,
     state_version: String,
     committed_lsn: u64,
     watermark_lsn: Lsn,
@@ -114,6 +117,7 @@ impl ReplicaWriter {
             tables: HashMap::new(),
             relation_columns: HashMap::new(),
             relations: RelationCache::new(),
+            unreplicated: HashMap::new(),
             state_version: String::new(),
             committed_lsn: 0,
             watermark_lsn: Lsn(0),
@@ -181,6 +185,7 @@ impl ReplicaWriter {
         }
         self.relation_columns.clear();
         self.relations.clear();
+        self.unreplicated.clear();
         self.transaction = None;
         self.sqlite_open = false;
         self.pending_commits = 0;
@@ -313,20 +318,41 @@ impl ReplicaWriter {
                     let tx = self.open_transaction()?;
                     if !tx.skip {
                         let version = tx.version.clone();
-                        let (schema, tag) = parse_ddl_message(m.content)?;
-                        let change = apply_schema_change(&self.conn, &mut self.tables, &schema, &tag, &version)?;
-                        for oid in &change.changed_oids {
-                            self.relation_columns.remove(oid);
+                        match parse_ddl_message(m.content)? {
+                            DdlMessage::Ddl { tag, schema } => {
+                                let change = apply_schema_change(
+                                    &self.conn,
+                                    &mut self.tables,
+                                    &mut self.unreplicated,
+                                    &schema,
+                                    &tag,
+                                    &version,
+                                )?;
+                                for oid in &change.changed_oids {
+                                    self.relation_columns.remove(oid);
+                                }
+                                for table in &change.reset_tables {
+                                    self.record_change(table, None, "r")?;
+                                }
+                                outcome.schema_changed |= !change.changed_oids.is_empty();
+                            }
+                            DdlMessage::Rewrite { tag, table } => {
+                                if let Some(rewritten) = self.tables.get(&table) {
+                                    return Err(Error::ResyncRequired {
+                                        reason: format!(
+                                            "{tag} rewrote every row of {} upstream; rewritten rows are not in the replication stream",
+                                            rewritten.name
+                                        ),
+                                    });
+                                }
+                                self.unreplicated.insert(table, false);
+                            }
                         }
-                        for table in &change.reset_tables {
-                            self.record_change(table, None, "r")?;
-                        }
-                        outcome.schema_changed |= !change.changed_oids.is_empty();
                     }
                 }
             }
             Message::Insert(insert) => {
-                if self.open_transaction()?.skip {
+                if self.open_transaction()?.skip || self.skip_unreplicated(insert.oid) {
                     return Ok(());
                 }
                 let (row, _) = self.decode_tuple("Insert", insert.oid, &insert.new)?;
@@ -334,7 +360,7 @@ impl ReplicaWriter {
                 outcome.rows += 1;
             }
             Message::Update(update) => {
-                if self.open_transaction()?.skip {
+                if self.open_transaction()?.skip || self.skip_unreplicated(update.oid) {
                     return Ok(());
                 }
                 let (row, complete) = self.decode_tuple("Update", update.oid, &update.new)?;
@@ -346,7 +372,7 @@ impl ReplicaWriter {
                 outcome.rows += 1;
             }
             Message::Delete(delete) => {
-                if self.open_transaction()?.skip {
+                if self.open_transaction()?.skip || self.skip_unreplicated(delete.oid) {
                     return Ok(());
                 }
                 let key = self.decode_key("Delete", delete.oid, delete.old.tuple())?;
@@ -358,7 +384,9 @@ impl ReplicaWriter {
                     return Ok(());
                 }
                 for oid in &truncate.oids {
-                    self.truncate(*oid)?;
+                    if !self.skip_unreplicated(*oid) {
+                        self.truncate(*oid)?;
+                    }
                 }
             }
         }
@@ -388,7 +416,22 @@ impl ReplicaWriter {
         })
     }
 
+    /// Row changes of a published table the replica does not hold are skipped; the table is no
+    /// longer known to be empty.
+    fn skip_unreplicated(&mut self, oid: u32) -> bool {
+        match self.unreplicated.get_mut(&oid) {
+            Some(empty) => {
+                *empty = false;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn map_relation(&mut self, oid: u32) -> Result<()> {
+        if self.unreplicated.contains_key(&oid) {
+            return Ok(());
+        }
         let relation = self.relations.relation("Relation", oid)?;
         let table = self.table(oid)?;
         let mut mapping = Vec::with_capacity(relation.columns.len());
@@ -548,14 +591,16 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn parse_ddl_message(content: &[u8]) -> Result<(PublishedSchema, String)> {
-    #[derive(serde::Deserialize)]
-    struct DdlMessage {
-        tag: String,
-        schema: PublishedSchema,
-    }
-    let message: DdlMessage = serde_json::from_slice(content).map_err(|e| Error::Protocol {
-        detail: format!("unreadable DDL message: {e}"),
-    })?;
-    Ok((message.schema, message.tag))
+/// The shard's event-trigger messages (see `change_source/upstream.py`).
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum DdlMessage {
+    /// After a DDL command that changed the published schema: the whole new schema.
+    Ddl { tag: String, schema: PublishedSchema },
+    /// A DDL command rewrote every row of a table (no row changes are streamed for that).
+    Rewrite { tag: String, table: u32 },
+}
+
+fn parse_ddl_message(content: &[u8]) -> Result<DdlMessage> {
+    serde_json::from_slice(content).map_err(|e| Error::Protocol { detail: format!("unreadable DDL message: {e}") })
 }

@@ -177,7 +177,7 @@ def test_shard_names_are_zero_caches() -> None:
 
 def test_event_trigger_names_of_different_shards_differ() -> None:
     shards = [ShardId(app, num) for app in ("a", "a_1", "a_1_2", "zero", "zero_0") for num in (0, 1, 2, 12)]
-    names = [name for s in shards for name in (s.ddl_start_trigger, s.ddl_end_trigger)]
+    names = [name for s in shards for name in (s.ddl_start_trigger, s.ddl_end_trigger, s.table_rewrite_trigger)]
     assert len(set(names)) == len(names)
 
 
@@ -298,6 +298,7 @@ def test_setup_creates_zero_caches_objects(tldraw: Conn) -> None:
     assert event_triggers(conn) == {
         "zcache_zero_0_ddl_start": ("ddl_command_start", "zero_0.zcache_ddl_start", "O", list(DDL_TAGS)),
         "zcache_zero_0_ddl_end": ("ddl_command_end", "zero_0.zcache_ddl_end", "O", list(DDL_TAGS)),
+        "zcache_zero_0_table_rewrite": ("table_rewrite", "zero_0.zcache_table_rewrite", "O", None),
     }
     assert conn.execute(
         """
@@ -309,6 +310,7 @@ def test_setup_creates_zero_caches_objects(tldraw: Conn) -> None:
         ("zero_0.published_schema()", "json", "s", False, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_ddl_end()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_ddl_start()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
+        ("zero_0.zcache_table_rewrite()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
     ]
     # DDL detection compares with the schema as set up.
     recorded = one(conn, 'SELECT "current"::text FROM zero_0."zcacheLastSchema"')
@@ -822,8 +824,10 @@ def test_two_apps_share_a_database(tldraw: Conn) -> None:
     assert set(event_triggers(conn)) == {
         "zcache_zero_0_ddl_start",
         "zcache_zero_0_ddl_end",
+        "zcache_zero_0_table_rewrite",
         "zcache_other_0_ddl_start",
         "zcache_other_0_ddl_end",
+        "zcache_other_0_table_rewrite",
     }
     conn.execute("SELECT pg_create_logical_replication_slot('zt_ddl', 'pgoutput')")
     conn.execute("ALTER TABLE file ADD COLUMN x int4")
@@ -832,7 +836,7 @@ def test_two_apps_share_a_database(tldraw: Conn) -> None:
         "zcache/zero/0/ddl",
     ]
     drop_shard(conn, other)
-    assert set(event_triggers(conn)) == {"zcache_zero_0_ddl_start", "zcache_zero_0_ddl_end"}
+    assert set(event_triggers(conn)) == {"zcache_zero_0_ddl_start", "zcache_zero_0_ddl_end", "zcache_zero_0_table_rewrite"}
     assert table_names(published_schema(conn, SHARD))[-3:] == ["zero.permissions", "zero_0.clients", "zero_0.mutations"]
 
 

@@ -215,9 +215,16 @@ def _record_sync(dsn: str, setup: upstream.ShardSetup, slot: str, consistent_poi
     """Records the sync in `<shard>.replicas` and drops the shard's older, inactive slots."""
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         upstream.record_replica(conn, setup.shard, slot=slot, version=_native.lexi_version(consistent_point), schema=schema)
+    drop_stale_slots(dsn, setup.shard, keep=slot)
+
+
+def drop_stale_slots(dsn: str, shard: upstream.ShardId, *, keep: str) -> None:
+    """Drops the shard's inactive slots other than `keep`: leftovers of syncs that were replaced
+    or interrupted, which would otherwise pin upstream WAL forever."""
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         stale = conn.execute(
             "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s AND slot_name <> %s AND NOT active",
-            [setup.shard.slot_prefix.replace("_", r"\_") + "%", slot],
+            [shard.slot_prefix.replace("_", r"\_") + "%", keep],
         ).fetchall()
         for (name,) in stale:
             conn.execute("SELECT pg_drop_replication_slot(%s)", [name])

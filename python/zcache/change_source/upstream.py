@@ -157,7 +157,7 @@ class ShardId:
             )
         if isinstance(self.shard_num, bool) or not isinstance(self.shard_num, int) or self.shard_num < 0:
             raise ValueError(f"invalid shard number {self.shard_num!r}: must be a non-negative integer")
-        longest = max((self.ddl_start_trigger, self.ddl_end_trigger, self.metadata_publication), key=len)
+        longest = max((self.ddl_start_trigger, self.table_rewrite_trigger, self.metadata_publication), key=len)
         if len(longest) > _MAX_IDENTIFIER:
             raise ValueError(
                 f"app id {self.app_id!r} is too long: the name {longest!r} exceeds Postgres' "
@@ -195,6 +195,10 @@ class ShardId:
     @property
     def ddl_end_trigger(self) -> str:
         return f"zcache_{self.shard_schema}_ddl_end"
+
+    @property
+    def table_rewrite_trigger(self) -> str:
+        return f"zcache_{self.shard_schema}_table_rewrite"
 
 
 @dataclass(frozen=True)
@@ -344,7 +348,7 @@ def drop_shard(conn: Conn, shard: ShardId) -> None:
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [SETUP_LOCK_KEY])
-        for trigger in (shard.ddl_start_trigger, shard.ddl_end_trigger):
+        for trigger in (shard.ddl_start_trigger, shard.ddl_end_trigger, shard.table_rewrite_trigger):
             conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
         # DROP SCHEMA … CASCADE does not drop publications whose tables it drops.
         for publication in (shard.public_publication, shard.metadata_publication):
@@ -890,6 +894,19 @@ EXCEPTION WHEN OTHERS THEN
 END
 """
 
+# table_rewrite: Postgres rewrites every row (ALTER COLUMN TYPE, ADD COLUMN with a volatile
+# default or identity, typmod changes) without streaming row changes, so the replica cannot follow
+# in place; the message tells the replicator to resync if the table is replicated.
+_TABLE_REWRITE_SQL = """
+BEGIN
+  PERFORM pg_logical_emit_message(
+    true, {prefix},
+    json_build_object('type', 'rewrite', 'tag', TG_TAG, 'table', pg_event_trigger_table_rewrite_oid()::int8)::text);
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING {warning}, TG_TAG, SQLERRM, SQLSTATE;
+END
+"""
+
 # ddl_command_start: one DDL transaction at a time (see the module docstring).
 _DDL_START_SQL = """
 BEGIN
@@ -943,15 +960,31 @@ def _shard_functions(conn: Conn, shard: ShardId) -> list[_Function]:
                 ),
             ),
         ),
+        _Function(
+            schema=shard.shard_schema,
+            name="zcache_table_rewrite",
+            returns="event_trigger",
+            language="plpgsql",
+            stable=False,
+            security_definer=True,
+            search_path=_SEARCH_PATH,
+            body=render(
+                _TABLE_REWRITE_SQL,
+                prefix=sql.Literal(ddl_message_prefix(shard)),
+                warning=sql.Literal(f"zcache shard {shard.shard_schema}: no table rewrite message for %: % (SQLSTATE %)"),
+            ),
+        ),
     ]
 
 
 def _ensure_event_triggers(conn: Conn, shard: ShardId) -> bool:
     """Install the DDL event triggers unless they are in place; False (DDL detection off) when
     the user may not create event triggers and none exist yet."""
+    # The rewrite trigger fires for every table rewrite; it takes no tag filter.
     wanted = {
-        shard.ddl_start_trigger: ("ddl_command_start", "zcache_ddl_start"),
-        shard.ddl_end_trigger: ("ddl_command_end", "zcache_ddl_end"),
+        shard.ddl_start_trigger: ("ddl_command_start", "zcache_ddl_start", DDL_TAGS),
+        shard.ddl_end_trigger: ("ddl_command_end", "zcache_ddl_end", DDL_TAGS),
+        shard.table_rewrite_trigger: ("table_rewrite", "zcache_table_rewrite", ()),
     }
     current = {
         name: (event, function, enabled, tuple(tags or ()))
@@ -967,18 +1000,23 @@ def _ensure_event_triggers(conn: Conn, shard: ShardId) -> bool:
             [list(wanted), shard.shard_schema],
         )
     }
-    expected = {name: (event, function, "O", DDL_TAGS) for name, (event, function) in wanted.items()}
+    expected = {name: (event, function, "O", tags) for name, (event, function, tags) in wanted.items()}
     if current == expected:
         return True
     try:
         with conn.transaction():
-            for name, (event, function) in wanted.items():
+            for name, (event, function, tags) in wanted.items():
                 conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(name)))
+                when = (
+                    sql.SQL("WHEN TAG IN ({})").format(sql.SQL(", ").join(map(sql.Literal, tags)))
+                    if tags
+                    else sql.SQL("")
+                )
                 conn.execute(
-                    sql.SQL("CREATE EVENT TRIGGER {} ON {} WHEN TAG IN ({}) EXECUTE FUNCTION {}()").format(
+                    sql.SQL("CREATE EVENT TRIGGER {} ON {} {} EXECUTE FUNCTION {}()").format(
                         sql.Identifier(name),
                         sql.Identifier(event),
-                        sql.SQL(", ").join(map(sql.Literal, DDL_TAGS)),
+                        when,
                         sql.Identifier(shard.shard_schema, function),
                     )
                 )

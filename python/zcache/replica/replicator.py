@@ -31,7 +31,7 @@ import trio
 
 from zcache import _native
 from zcache.change_source import upstream
-from zcache.change_source.initial_sync import run_initial_sync
+from zcache.change_source.initial_sync import drop_stale_slots, run_initial_sync
 from zcache.change_source.stream import ReplicationStream, ReplicationStreamError, SlotUnusableError, StreamStart
 from zcache.config import ZeroConfig
 
@@ -179,6 +179,9 @@ class Replicator:
         problem = await trio.to_thread.run_sync(self._replica_problem)
         if problem is None:
             writer = await trio.to_thread.run_sync(_native.ReplicaWriter, str(self._replica_path), self._ddl_prefix)
+            # A sync interrupted after its replica was in place but before it cleaned up upstream
+            # leaves the previous slot behind.
+            await trio.to_thread.run_sync(lambda: drop_stale_slots(self._dsn, self._shard, keep=writer.slot))
             log.info("replica %s at version %s, resuming at %s", self._replica_path, writer.state_version, _native.format_lsn(writer.watermark_lsn))
             return self._use(writer)
         log.info("initial sync needed: %s", problem)
