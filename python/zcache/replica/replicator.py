@@ -109,6 +109,11 @@ class Replicator:
         self._ddl_prefix = upstream.ddl_message_prefix(self._shard)
         self.versions = VersionNotifier()
         self._writer: _native.ReplicaWriter | None = None
+        # Read from the writer only between batches: its getters take the lock that a batch holds
+        # while it is applied in a worker thread, and statistics() must never wait for that.
+        self._state_version = ""
+        self._watermark_lsn = 0
+        self._slot = ""
         self._setup: upstream.ShardSetup | None = None
         self._transactions = 0
         self._rows = 0
@@ -116,10 +121,9 @@ class Replicator:
         self._resyncs = 0
 
     def statistics(self) -> ReplicatorStatistics:
-        writer = self._writer
         return ReplicatorStatistics(
-            state_version=writer.state_version if writer else "",
-            watermark_lsn=writer.watermark_lsn if writer else 0,
+            state_version=self._state_version,
+            watermark_lsn=self._watermark_lsn,
             transactions=self._transactions,
             rows=self._rows,
             reconnects=self._reconnects,
@@ -128,10 +132,9 @@ class Replicator:
 
     async def slot_health(self) -> SlotHealth:
         """Reads the slot's position upstream; raises ReplicatorError before the replica exists."""
-        writer = self._writer
-        if writer is None:
+        if self._writer is None:
             raise ReplicatorError("the replica is not ready yet")
-        slot, watermark = writer.slot, writer.watermark_lsn
+        slot, watermark = self._slot, self._watermark_lsn
 
         def query() -> SlotHealth:
             with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
@@ -233,8 +236,14 @@ class Replicator:
 
     def _use(self, writer: _native.ReplicaWriter) -> _native.ReplicaWriter:
         self._writer = writer
-        self.versions.publish(writer.state_version)
+        self._note_progress(writer)
         return writer
+
+    def _note_progress(self, writer: _native.ReplicaWriter) -> None:
+        self._state_version = writer.state_version
+        self._watermark_lsn = writer.watermark_lsn
+        self._slot = writer.slot
+        self.versions.publish(self._state_version)
 
     async def _stream(self, writer: _native.ReplicaWriter) -> None:
         assert self._setup is not None
@@ -253,7 +262,7 @@ class Replicator:
                     self._rows += outcome.rows
                     if outcome.schema_changed:
                         log.info("schema change applied at version %s", outcome.state_version)
-                    self.versions.publish(outcome.state_version)
+                    self._note_progress(writer)
                     reply = outcome.reply_requested
                     ack = outcome.ack_lsn
                 else:
