@@ -396,10 +396,11 @@ def test_kill_9_at_random_moments_loses_nothing(pg_dsn: str, pg_conn: psycopg.Co
         streamed = _check_versions(pg_conn, replica)
         assert streamed > 0, "no row was written after the last initial sync: the kills did not test streaming"
     finally:
-        writer.stop() if writer.is_alive() else None
-        monitor.stop()
-        if zcache.alive():
+        if zcache.process is not None:  # first, so that nothing below can leave it running
             zcache.kill()
+        monitor.stop()
+        if writer.is_alive():
+            writer.stop()
         pg_conn.execute("SELECT pg_drop_replication_slot('crash_oracle') FROM pg_replication_slots WHERE slot_name = 'crash_oracle'")
 
 
