@@ -45,6 +45,13 @@ pub enum Error {
     /// A file operation on the replica failed.
     #[error("replica file error: {0}")]
     Io(#[from] std::io::Error),
+    /// A query AST that does not parse, or does not fit the replica's tables (`ivm`). `detail`
+    /// starts with the path of the offending part, e.g. `where.conditions[1].op: …`.
+    #[error("invalid query: {detail}")]
+    InvalidQuery { detail: String },
+    /// A client group or query the query engine does not have (`ivm`).
+    #[error("{detail}")]
+    UnknownQuery { detail: String },
 }
 
 /// Why bytes failed to decode as a replication frame or pgoutput message.
@@ -126,6 +133,8 @@ impl Error {
             Error::Schema { .. } => "SchemaError",
             Error::ResyncRequired { .. } => "ResyncRequiredError",
             Error::Sqlite(_) | Error::Io(_) => "ReplicaStorageError",
+            Error::InvalidQuery { .. } => "InvalidQueryError",
+            Error::UnknownQuery { .. } => "UnknownQueryError",
         }
     }
 }

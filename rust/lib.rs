@@ -5,6 +5,7 @@
 //! (maturin enables it).
 
 pub mod error;
+pub mod ivm;
 pub mod pg;
 pub mod replica;
 pub mod version;

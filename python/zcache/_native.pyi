@@ -168,3 +168,66 @@ class InitialSync:
     def finish(self, replica_path: str) -> None:
         """Build indexes, record config and state, make the file durable and rename it over
         ``replica_path`` atomically. The object cannot be used afterwards."""
+
+# --- query engine (rust/ivm/, binding rust/py/ivm.rs) ------------------------------------------
+
+class InvalidQueryError(NativeError):
+    """A query AST that does not parse or does not fit the replica's tables. The message names
+    the offending part, e.g. ``invalid query: where.conditions[1].op: unknown operator "LIKEX"``
+    or ``invalid query: table: unknown table "nope"``."""
+
+class UnknownQueryError(NativeError):
+    """A client group (or a query of a group) the query engine does not have."""
+
+class QueryEngine:
+    """Zero query ASTs hydrated from the replica and maintained incrementally from its change
+    log (design: ``rust/ivm/mod.rs``). One per process, shared by every client group; each group
+    has its own version. All methods release the GIL; each call reads the replica in one short
+    read transaction at its current version.
+
+    A patch is JSON bytes::
+
+        {"version": "<state version>",
+         "ops": [{"op": "put", "table": "file", "value": {...all columns...},
+                  "rowKey": {"id": "f1"}, "rowVersion": "<_0_version>"},
+                 {"op": "del", "table": "file", "rowKey": {"id": "f2"}}],
+         "queryErrors": {"<query hash>": "<message>"}}
+
+    ``value`` has every column the replica stores (not ``_0_version``) as the client sees it:
+    booleans ``true``/``false``, numbers, strings, json/jsonb/arrays parsed. A row is put when
+    the group starts holding it or its version changes while held, deleted when no query of the
+    group holds it any more. A query that fails (its table was dropped, a SQL error) releases
+    its rows and is reported in ``queryErrors``; the other queries and groups carry on.
+    """
+
+    def __init__(self, replica_path: str) -> None:
+        """Open the replica (read-only use). Raises :class:`SchemaError` if the file is not a
+        zcache replica."""
+    def add_query(self, group: str, query_hash: str, ast_json: str) -> bytes:
+        """Add (or replace) a query of ``group`` and hydrate it at the replica's current version;
+        the group's other queries are advanced to that version first. Returns the group's patch.
+        Raises :class:`InvalidQueryError` (and changes nothing) if the AST does not parse or does
+        not fit the replica (unknown table or column, unresolved static parameter, ...)."""
+    def remove_query(self, group: str, query_hash: str) -> bytes:
+        """Remove a query; returns the group's patch (deletes for rows no other query holds).
+        Unknown hashes are ignored; an unknown group raises :class:`UnknownQueryError`."""
+    def advance(self, groups: Sequence[str]) -> list[tuple[str, bytes]]:
+        """Advance each group to the replica's current version: one ``(group, patch)`` per
+        group, in order. Unknown groups are created empty at that version."""
+    def remove_group(self, group: str) -> None:
+        """Forget a group and its queries (no patch)."""
+    def group_version(self, group: str) -> str:
+        """The state version the group is at."""
+    def query_rows(self, group: str, query_hash: str) -> int:
+        """How many distinct rows the query syncs (0 when it failed)."""
+    def query_error(self, group: str, query_hash: str) -> str | None:
+        """Why the query failed, or ``None`` while it is hydrated."""
+    def index_suggestions(self) -> list[str]:
+        """``CREATE INDEX IF NOT EXISTS`` statements that would let the registered queries'
+        statements seek instead of scanning the replica (which has primary-key indexes only):
+        correlation columns of subqueries, parent lookups of EXISTS, root equality/order
+        columns. The engine does not run them; whoever writes the replica must own its
+        indexes (SQLite cannot drop a column an index uses)."""
+    def statistics(self) -> dict[str, int]:
+        """Sizes (groups, queries, partitions, rows) and cumulative counters (hydrations,
+        statements run, rehydrations, ...)."""

@@ -16,6 +16,8 @@ create_exception!(zcache._native, ReplicationProtocolError, NativeError, "The re
 create_exception!(zcache._native, SchemaError, NativeError, "A published schema the replica cannot be built from.");
 create_exception!(zcache._native, ResyncRequiredError, NativeError, "Upstream changed in a way that needs a new initial sync.");
 create_exception!(zcache._native, ReplicaStorageError, NativeError, "The replica's SQLite file or its directory failed.");
+create_exception!(zcache._native, InvalidQueryError, NativeError, "A query AST that does not parse or does not fit the replica's tables.");
+create_exception!(zcache._native, UnknownQueryError, NativeError, "A client group or query the query engine does not have.");
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -30,6 +32,8 @@ impl From<Error> for PyErr {
             Error::Schema { .. } => SchemaError::new_err(message),
             Error::ResyncRequired { .. } => ResyncRequiredError::new_err(message),
             Error::Sqlite(_) | Error::Io(_) => ReplicaStorageError::new_err(message),
+            Error::InvalidQuery { .. } => InvalidQueryError::new_err(message),
+            Error::UnknownQuery { .. } => UnknownQueryError::new_err(message),
         }
     }
 }
@@ -46,5 +50,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SchemaError", py.get_type::<SchemaError>())?;
     m.add("ResyncRequiredError", py.get_type::<ResyncRequiredError>())?;
     m.add("ReplicaStorageError", py.get_type::<ReplicaStorageError>())?;
+    m.add("InvalidQueryError", py.get_type::<InvalidQueryError>())?;
+    m.add("UnknownQueryError", py.get_type::<UnknownQueryError>())?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The Python module `zcache._native`: registers classes and exceptions. Glue only, no logic.
 
 mod errors;
+mod ivm;
 mod pg;
 mod replica;
 
@@ -12,5 +13,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     pg::register(m)?;
     replica::register(m)?;
+    ivm::register(m)?;
     Ok(())
 }

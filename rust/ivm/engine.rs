@@ -1,0 +1,1606 @@
+//! The query engine: per client group, the materialised partitions of every query, advanced
+//! from the replica's change log. See `ivm` (mod.rs) for the design.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::pg::schema::TableSpec;
+
+use super::ast::{parse_ast_json, Ast};
+use super::plan::{compile, NodeKind, Plan, ReadCache, Stmt, TableInfo};
+use super::value::{part_key, write_json_str, FastMap, FastSet, KeyVal, PartKey, Row, Val};
+
+/// A row of one table, across the engine: (table id, row key).
+type RowId = (u32, Arc<str>);
+
+/// Cumulative counters, reported by [`QueryEngine::statistics`].
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    hydrations: u64,
+    partition_queries: u64,
+    refills: u64,
+    exists_checks: u64,
+    parent_lookups: u64,
+    row_reads: u64,
+    changes_read: u64,
+    advances: u64,
+    rehydrations: u64,
+    query_errors: u64,
+}
+
+/// A node's rows for one correlation value.
+#[derive(Debug)]
+struct Partition {
+    /// Parent rows (or 1 for roots) referencing this partition.
+    refs: u32,
+    /// Row keys: in the node's order for nodes with a limit (a window: its end matters), in no
+    /// particular order otherwise (a set; `Entry::slot` indexes it).
+    keys: Vec<Arc<str>>,
+}
+
+/// A row in a node's partition.
+#[derive(Debug)]
+struct Entry {
+    part: PartKey,
+    /// Unlimited nodes: the entry's index in its partition's (unordered) key list.
+    slot: usize,
+    sort: Box<[Val]>,
+    /// Per child node: the child partition this row holds (`None`: a NULL correlation value).
+    links: Box<[Option<PartKey>]>,
+    version: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    parts: FastMap<PartKey, Partition>,
+    rows: FastMap<Arc<str>, Entry>,
+}
+
+/// A hydrated query's state.
+#[derive(Debug)]
+struct QState {
+    nodes: Vec<NodeState>,
+    /// Table id of each node.
+    tids: Vec<u32>,
+    /// Synced rows this query holds, with how many partition entries hold each.
+    rows: FastMap<RowId, u32>,
+}
+
+struct Query {
+    ast: Ast,
+    plan: Option<Arc<Plan>>,
+    state: Option<QState>,
+    error: Option<String>,
+}
+
+/// What a client group has been sent, row by row: how many of its queries hold the row and at
+/// which version.
+struct GroupRow {
+    refs: u32,
+    version: Arc<str>,
+}
+
+struct Group {
+    version: String,
+    specs_gen: u64,
+    queries: BTreeMap<String, Query>,
+    rows: FastMap<RowId, GroupRow>,
+}
+
+/// The replica connection and what the engine knows of its tables.
+struct Db {
+    conn: Connection,
+    tables: HashMap<String, Arc<TableInfo>>,
+    table_ids: HashMap<String, u32>,
+    table_names: Vec<Arc<str>>,
+    schema_cookie: i64,
+    specs_gen: u64,
+}
+
+/// Shared by every client group of the process (see the module docs).
+pub struct QueryEngine {
+    db: Db,
+    groups: FastMap<String, Group>,
+    counters: Counters,
+}
+
+/// One change-log entry.
+struct Change {
+    version: String,
+    table: String,
+    key: Option<Arc<str>>,
+    op: String,
+}
+
+/// A changed row: its table (id and name) and key.
+#[derive(Clone, Copy)]
+struct RowChange<'c> {
+    tid: u32,
+    table: &'c str,
+    key: &'c Arc<str>,
+}
+
+/// The change-log entries read by one call, prepared once for all the groups it advances.
+struct ChangeSet<'c> {
+    changes: &'c [Change],
+    /// Row entries: (index in `changes`, the change).
+    rows: Vec<(usize, RowChange<'c>)>,
+    /// Whole-table entries (`t`, `r`): (index in `changes`, table).
+    whole: Vec<(usize, &'c str)>,
+}
+
+impl<'c> ChangeSet<'c> {
+    fn new(changes: &'c [Change], db: &Db) -> Self {
+        let mut rows = Vec::with_capacity(changes.len());
+        let mut whole = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            match (&c.key, c.op.as_str()) {
+                (Some(key), "s" | "d") => {
+                    if let Some(&tid) = db.table_ids.get(&c.table) {
+                        rows.push((
+                            i,
+                            RowChange {
+                                tid,
+                                table: c.table.as_str(),
+                                key,
+                            },
+                        ));
+                    }
+                }
+                _ => whole.push((i, c.table.as_str())),
+            }
+        }
+        ChangeSet { changes, rows, whole }
+    }
+
+    /// The index of the first entry after `version`.
+    fn first_after(&self, version: &str) -> usize {
+        self.changes.partition_point(|c| c.version.as_str() <= version)
+    }
+}
+
+/// A row touched by a call: its version before the call (`None`: the client did not have it),
+/// and the newest content seen in the call.
+struct Touched {
+    rid: RowId,
+    before: Option<Arc<str>>,
+    row: Option<Arc<Row>>,
+}
+
+/// Parent rows by (lookup statement, correlation value).
+type ParentCache = FastMap<(Arc<str>, PartKey), Arc<Vec<Arc<Row>>>>;
+
+/// A patch being accumulated for one group in one call.
+struct Acc<'g> {
+    rows: &'g mut FastMap<RowId, GroupRow>,
+    /// Index into `list` of each touched row.
+    touched: FastMap<RowId, usize>,
+    list: Vec<Touched>,
+    errors: Vec<(String, String)>,
+}
+
+impl<'g> Acc<'g> {
+    fn new(rows: &'g mut FastMap<RowId, GroupRow>) -> Self {
+        Acc {
+            rows,
+            touched: FastMap::default(),
+            list: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.rows.reserve(additional);
+        self.touched.reserve(additional);
+        self.list.reserve(additional);
+    }
+
+    /// Records the row's state before the call, on its first touch.
+    fn touch(&mut self, rid: &RowId) -> &mut Touched {
+        let Acc {
+            touched, rows, list, ..
+        } = self;
+        let i = *touched.entry(rid.clone()).or_insert_with(|| {
+            list.push(Touched {
+                rid: rid.clone(),
+                before: rows.get(rid).map(|r| r.version.clone()),
+                row: None,
+            });
+            list.len() - 1
+        });
+        &mut list[i]
+    }
+
+    /// A query starts holding the row.
+    fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
+        use std::collections::hash_map::Entry as E;
+        let Acc {
+            touched, rows, list, ..
+        } = self;
+        let (rid, previous) = match rows.entry(rid) {
+            E::Occupied(mut o) => {
+                let r = o.get_mut();
+                r.refs += 1;
+                if r.version == row.version {
+                    return;
+                }
+                let before = std::mem::replace(&mut r.version, row.version.clone());
+                (o.key().clone(), Some(before))
+            }
+            E::Vacant(v) => {
+                let rid = v.key().clone();
+                v.insert(GroupRow {
+                    refs: 1,
+                    version: row.version.clone(),
+                });
+                (rid, None)
+            }
+        };
+        match touched.entry(rid) {
+            E::Occupied(o) => list[*o.get()].row = Some(row.clone()),
+            E::Vacant(v) => {
+                list.push(Touched {
+                    rid: v.key().clone(),
+                    before: previous,
+                    row: Some(row.clone()),
+                });
+                v.insert(list.len() - 1);
+            }
+        }
+    }
+
+    /// A query stops holding the row.
+    fn drop_ref(&mut self, rid: &RowId) {
+        let Some(r) = self.rows.get_mut(rid) else { return };
+        r.refs -= 1;
+        if r.refs == 0 {
+            self.touch(rid);
+            self.rows.remove(rid);
+        }
+    }
+
+    /// A held row was read again (at the call's version).
+    fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
+        if self.rows.get(rid).is_some_and(|r| r.version != row.version) {
+            self.touch(rid).row = Some(row.clone());
+            self.rows.get_mut(rid).expect("present").version = row.version.clone();
+        }
+    }
+
+    /// `{"version": …, "ops": […], "queryErrors": {…}}`.
+    fn finish(self, version: &str, db: &Db) -> Vec<u8> {
+        let tables: Vec<Option<&Arc<TableInfo>>> = if self.list.is_empty() {
+            Vec::new()
+        } else {
+            db.table_names.iter().map(|n| db.tables.get(n.as_ref())).collect()
+        };
+        // One allocation for the whole patch (large hydrations are megabytes).
+        let capacity: usize = self
+            .list
+            .iter()
+            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.len()) + r.version.len()))
+            .sum();
+        let mut out = String::with_capacity(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
+        out.push_str("{\"version\":");
+        write_json_str(&mut out, version);
+        out.push_str(",\"ops\":[");
+        let mut first = true;
+        for t in &self.list {
+            let after = self.rows.get(&t.rid).map(|r| &r.version);
+            let table_name = &db.table_names[t.rid.0 as usize];
+            let put = match (&t.before, after) {
+                (None, Some(_)) => true,
+                (Some(b), Some(a)) => b != a,
+                (Some(_), None) => {
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str("{\"op\":\"del\",\"table\":");
+                    write_json_str(&mut out, table_name);
+                    out.push_str(",\"rowKey\":");
+                    out.push_str(&t.rid.1);
+                    out.push('}');
+                    false
+                }
+                (None, None) => false,
+            };
+            if !put {
+                continue;
+            }
+            let (Some(row), Some(table)) = (&t.row, tables[t.rid.0 as usize]) else {
+                continue;
+            };
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str("{\"op\":\"put\",\"table\":");
+            write_json_str(&mut out, table_name);
+            out.push_str(",\"value\":");
+            table.write_row_json(&mut out, row);
+            out.push_str(",\"rowKey\":");
+            out.push_str(&t.rid.1);
+            out.push_str(",\"rowVersion\":");
+            write_json_str(&mut out, &row.version);
+            out.push('}');
+        }
+        out.push_str("],\"queryErrors\":{");
+        for (i, (hash, message)) in self.errors.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_json_str(&mut out, hash);
+            out.push(':');
+            write_json_str(&mut out, message);
+        }
+        out.push_str("}}");
+        out.into_bytes()
+    }
+}
+
+/// What one call reads at the replica's current version, shared by every group it advances.
+struct Ctx<'a> {
+    db: &'a Db,
+    /// Rows at the call's version by (table id, key); `None`: the row does not exist.
+    rows: RefCell<FastMap<RowId, Option<Arc<Row>>>>,
+    parents: RefCell<ParentCache>,
+    counters: RefCell<Counters>,
+    /// The (empty) partition key of roots.
+    root_key: PartKey,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(db: &'a Db) -> Self {
+        Ctx {
+            db,
+            rows: RefCell::default(),
+            parents: RefCell::default(),
+            counters: RefCell::default(),
+            root_key: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Runs a statement returning rows of `table`; `needed`: see `TableInfo::read_row_with`.
+    fn query_rows(
+        &self,
+        table: &TableInfo,
+        stmt: &Stmt,
+        params: Vec<Val>,
+        needed: Option<&[bool]>,
+    ) -> Result<Vec<Arc<Row>>> {
+        let mut s = self.db.conn.prepare_cached(&stmt.sql)?;
+        let mut cache = ReadCache::default();
+        let mut rows = s.query(params_from_iter(params))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(Arc::new(table.read_row_with(r, needed, &mut cache)?));
+        }
+        Ok(out)
+    }
+
+    /// The row `key` of table `tid` at the call's version.
+    fn row(&self, tid: u32, key: &Arc<str>) -> Result<Option<Arc<Row>>> {
+        let rid = (tid, key.clone());
+        if let Some(r) = self.rows.borrow().get(&rid) {
+            return Ok(r.clone());
+        }
+        let name = &self.db.table_names[tid as usize];
+        let row = match self.db.tables.get(name.as_ref()) {
+            None => None,
+            Some(table) => match table.key_values(key) {
+                None => None,
+                Some(params) => {
+                    self.counters.borrow_mut().row_reads += 1;
+                    let mut s = self.db.conn.prepare_cached(&table.by_key_sql)?;
+                    s.query_row(params_from_iter(params), |r| table.read_row(r).map(Arc::new))
+                        .optional()?
+                }
+            },
+        };
+        self.rows.borrow_mut().insert(rid, row.clone());
+        Ok(row)
+    }
+
+    /// Whether the EXISTS node `child` of `plan` has a row for parent values `parent_vals`.
+    fn exists(&self, plan: &Plan, child: usize, parent_vals: &[Val]) -> Result<bool> {
+        let node = &plan.nodes[child];
+        let link = node.link.as_ref().expect("EXISTS nodes have a link");
+        let Some(key) = part_key(parent_vals, &link.parent_cols) else {
+            return Ok(false);
+        };
+        let stmt = node.exists.as_ref().expect("EXISTS nodes have an existence check");
+        let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
+        self.counters.borrow_mut().exists_checks += 1;
+        let mut s = self.db.conn.prepare_cached(&stmt.sql)?;
+        Ok(s.exists(params_from_iter(stmt.bind(&link_vals, &[], None)))?)
+    }
+
+    /// The parent table's rows whose correlation columns equal `key` (EXISTS node `child`).
+    fn parents(&self, plan: &Plan, child: usize, key: &PartKey, parent_tid: u32) -> Result<Arc<Vec<Arc<Row>>>> {
+        let node = &plan.nodes[child];
+        let stmt = node.parents.as_ref().expect("EXISTS nodes have a parent lookup");
+        let cache_key = (stmt.sql.clone(), key.clone());
+        if let Some(rows) = self.parents.borrow().get(&cache_key) {
+            return Ok(rows.clone());
+        }
+        let parent = &plan.nodes[node.parent.expect("EXISTS nodes have a parent")];
+        let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
+        self.counters.borrow_mut().parent_lookups += 1;
+        let rows = Arc::new(self.query_rows(&parent.table, stmt, stmt.bind(&link_vals, &[], None), None)?);
+        let mut cache = self.rows.borrow_mut();
+        for r in rows.iter() {
+            cache
+                .entry((parent_tid, r.key.clone()))
+                .or_insert_with(|| Some(r.clone()));
+        }
+        drop(cache);
+        self.parents.borrow_mut().insert(cache_key, rows.clone());
+        Ok(rows)
+    }
+}
+
+/// Rows to re-examine per node, in first-seen order.
+#[derive(Default)]
+struct Dirty {
+    keys: Vec<Arc<str>>,
+    seen: FastSet<Arc<str>>,
+}
+
+impl Dirty {
+    fn add(&mut self, key: &Arc<str>) {
+        if self.seen.insert(key.clone()) {
+            self.keys.push(key.clone());
+        }
+    }
+}
+
+/// Per-partition bookkeeping while a node is advanced.
+struct PartWork {
+    key: PartKey,
+    /// The window was full (`limit` rows) before the call touched it.
+    full_before: bool,
+    /// Its last row's sort key then.
+    bound: Option<Box<[Val]>>,
+    candidates: Vec<Arc<Row>>,
+}
+
+/// The index of partition `pk` in `work`, recording its state before the call on first touch.
+fn touch_part(
+    st: &QState,
+    np: &super::plan::NodePlan,
+    node: usize,
+    pk: &PartKey,
+    work: &mut Vec<PartWork>,
+    index: &mut FastMap<PartKey, usize>,
+) -> usize {
+    *index.entry(pk.clone()).or_insert_with(|| {
+        let keys = &st.nodes[node].parts[pk].keys;
+        let full_before = np.limit.is_some_and(|l| keys.len() as u64 >= l);
+        let bound = keys.last().map(|k| st.nodes[node].rows[k].sort.clone());
+        work.push(PartWork {
+            key: pk.clone(),
+            full_before,
+            bound,
+            candidates: Vec::new(),
+        });
+        work.len() - 1
+    })
+}
+
+/// One query's state being worked on.
+struct Run<'r, 'a, 'g> {
+    ctx: &'r Ctx<'a>,
+    plan: &'r Plan,
+    st: &'r mut QState,
+    acc: &'r mut Acc<'g>,
+}
+
+impl Run<'_, '_, '_> {
+    fn partition_of(&self, node: usize, row: &Row) -> Option<PartKey> {
+        match &self.plan.nodes[node].link {
+            None => Some(self.ctx.root_key.clone()),
+            Some(link) => part_key(&row.vals, &link.child_cols),
+        }
+    }
+
+    fn inc_row(&mut self, node: usize, row: &Arc<Row>) {
+        let rid = (self.st.tids[node], row.key.clone());
+        let count = self.st.rows.entry(rid.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.acc.add_ref(rid, row);
+        } else {
+            self.acc.update(&rid, row);
+        }
+    }
+
+    fn dec_row(&mut self, node: usize, key: &Arc<str>) {
+        let rid = (self.st.tids[node], key.clone());
+        if let Some(count) = self.st.rows.get_mut(&rid) {
+            *count -= 1;
+            if *count == 0 {
+                self.st.rows.remove(&rid);
+                self.acc.drop_ref(&rid);
+            }
+        }
+    }
+
+    /// Holds (hydrating if needed) the partition `key` of `node`.
+    fn acquire(&mut self, node: usize, key: PartKey) -> Result<()> {
+        if let Some(p) = self.st.nodes[node].parts.get_mut(&key) {
+            p.refs += 1;
+            return Ok(());
+        }
+        let np = &self.plan.nodes[node];
+        let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
+        {
+            let mut c = self.ctx.counters.borrow_mut();
+            c.partition_queries += 1;
+        }
+        let rows = if np.limit == Some(0) {
+            Vec::new()
+        } else {
+            self.ctx.query_rows(
+                &np.table,
+                &np.select,
+                np.select.bind(&link_vals, &[], np.limit),
+                Some(&np.needed),
+            )?
+        };
+        // A row the node already holds in another partition moved there in this advance (its
+        // correlation value changed); it is dirty in this node, which is processed after this
+        // parent, and will move then.
+        let held = &self.st.nodes[node].rows;
+        // Limited partitions come in order from SQLite; unlimited ones are sets (see
+        // `plan::build_sql`).
+        let sorted: Vec<(Box<[Val]>, Arc<Row>)> = rows
+            .into_iter()
+            .filter(|r| !held.contains_key(&r.key))
+            .map(|r| (np.sort_key(&r.vals), r))
+            .collect();
+        self.st.nodes[node].rows.reserve(sorted.len());
+        if np.synced {
+            self.st.rows.reserve(sorted.len());
+            self.acc.reserve(sorted.len());
+        }
+        let keys: Vec<Arc<str>> = sorted.iter().map(|(_, r)| r.key.clone()).collect();
+        self.st.nodes[node]
+            .parts
+            .insert(key.clone(), Partition { refs: 1, keys });
+        for (slot, (sort, row)) in sorted.into_iter().enumerate() {
+            self.add_entry(node, &key, &row, sort, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Releases one hold of partition `key` of `node`, dropping it with its rows at zero.
+    fn release(&mut self, node: usize, key: &PartKey) {
+        let Some(p) = self.st.nodes[node].parts.get_mut(key) else {
+            return;
+        };
+        p.refs -= 1;
+        if p.refs > 0 {
+            return;
+        }
+        let p = self.st.nodes[node].parts.remove(key).expect("present above");
+        for k in &p.keys {
+            self.remove_entry(node, k);
+        }
+    }
+
+    /// Records `row` as an entry of `node` (its position in the partition is the caller's) and
+    /// holds its child partitions.
+    fn add_entry(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>, slot: usize) -> Result<()> {
+        let plan = self.plan;
+        let np = &plan.nodes[node];
+        let links: Box<[Option<PartKey>]> = np
+            .children
+            .iter()
+            .map(|&c| {
+                part_key(
+                    &row.vals,
+                    &plan.nodes[c].link.as_ref().expect("children have links").parent_cols,
+                )
+            })
+            .collect();
+        let entry = Entry {
+            part: part.clone(),
+            slot,
+            sort,
+            links: links.clone(),
+            version: row.version.clone(),
+        };
+        self.st.nodes[node].rows.insert(row.key.clone(), entry);
+        if np.synced {
+            self.inc_row(node, row);
+        }
+        for (i, &child) in np.children.iter().enumerate() {
+            if let Some(k) = &links[i] {
+                self.acquire(child, k.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the entry `key` of `node` (not its place in the partition's list) and releases
+    /// its child partitions.
+    fn remove_entry(&mut self, node: usize, key: &Arc<str>) {
+        let Some(entry) = self.st.nodes[node].rows.remove(key) else {
+            return;
+        };
+        let plan = self.plan;
+        let np = &plan.nodes[node];
+        if np.synced {
+            self.dec_row(node, key);
+        }
+        for (i, &child) in np.children.iter().enumerate() {
+            if let Some(k) = &entry.links[i] {
+                self.release(child, k);
+            }
+        }
+    }
+
+    /// Where a sort key is (`Ok`) or belongs (`Err`) in a partition's list.
+    fn position(&self, node: usize, part: &PartKey, sort: &[Val]) -> std::result::Result<usize, usize> {
+        let ns = &self.st.nodes[node];
+        let np = &self.plan.nodes[node];
+        let keys = &ns.parts[part].keys;
+        keys.binary_search_by(|k| np.cmp_sort(&ns.rows[k].sort, sort))
+    }
+
+    /// Removes `key` from its partition's list and forgets its entry.
+    fn remove_row(&mut self, node: usize, key: &Arc<str>) {
+        let Some(entry) = self.st.nodes[node].rows.get(key) else {
+            return;
+        };
+        let part = entry.part.clone();
+        if self.st.nodes[node].parts.contains_key(&part) {
+            if self.plan.nodes[node].limit.is_some() {
+                let sort = entry.sort.clone();
+                let pos = match self.position(node, &part, &sort) {
+                    Ok(i) => Some(i),
+                    Err(_) => self.st.nodes[node].parts[&part].keys.iter().position(|k| k == key),
+                };
+                if let Some(i) = pos {
+                    self.st.nodes[node].parts.get_mut(&part).expect("present").keys.remove(i);
+                }
+            } else {
+                let slot = entry.slot;
+                let ns = &mut self.st.nodes[node];
+                let keys = &mut ns.parts.get_mut(&part).expect("present").keys;
+                if keys.get(slot) == Some(key) {
+                    keys.swap_remove(slot);
+                    if let Some(moved) = keys.get(slot).cloned() {
+                        ns.rows.get_mut(&moved).expect("listed keys have entries").slot = slot;
+                    }
+                }
+            }
+        }
+        self.remove_entry(node, key);
+    }
+
+    fn insert_row(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: &[Val]) -> Result<()> {
+        let pos = if self.plan.nodes[node].limit.is_some() {
+            match self.position(node, part, sort) {
+                Ok(i) | Err(i) => i,
+            }
+        } else {
+            self.st.nodes[node].parts[part].keys.len()
+        };
+        self.st.nodes[node]
+            .parts
+            .get_mut(part)
+            .expect("present")
+            .keys
+            .insert(pos, row.key.clone());
+        self.add_entry(node, part, row, sort.into(), pos)
+    }
+
+    /// A row that stays in its partition: new position, version, child partitions.
+    fn update_row(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>) -> Result<()> {
+        let plan = self.plan;
+        let np = &plan.nodes[node];
+        let old_sort = self.st.nodes[node].rows[&row.key].sort.clone();
+        if np.limit.is_none() {
+            self.st.nodes[node].rows.get_mut(&row.key).expect("present").sort = sort;
+        } else if np.cmp_sort(&old_sort, &sort).is_ne() {
+            if let Ok(i) = self.position(node, part, &old_sort) {
+                self.st.nodes[node].parts.get_mut(part).expect("present").keys.remove(i);
+            }
+            self.st.nodes[node].rows.get_mut(&row.key).expect("present").sort = sort.clone();
+            let pos = match self.position(node, part, &sort) {
+                Ok(i) | Err(i) => i,
+            };
+            self.st.nodes[node]
+                .parts
+                .get_mut(part)
+                .expect("present")
+                .keys
+                .insert(pos, row.key.clone());
+        }
+        let entry = self.st.nodes[node].rows.get_mut(&row.key).expect("present");
+        if entry.version != row.version {
+            entry.version = row.version.clone();
+            if np.synced {
+                let rid = (self.st.tids[node], row.key.clone());
+                self.acc.update(&rid, row);
+            }
+        }
+        let new_links: Vec<Option<PartKey>> = np
+            .children
+            .iter()
+            .map(|&c| {
+                part_key(
+                    &row.vals,
+                    &plan.nodes[c].link.as_ref().expect("children have links").parent_cols,
+                )
+            })
+            .collect();
+        for (i, &child) in np.children.iter().enumerate() {
+            let old = self.st.nodes[node].rows[&row.key].links[i].clone();
+            if old != new_links[i] {
+                self.st.nodes[node].rows.get_mut(&row.key).expect("present").links[i] = new_links[i].clone();
+                if let Some(k) = &new_links[i] {
+                    self.acquire(child, k.clone())?;
+                }
+                if let Some(k) = &old {
+                    self.release(child, k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `row` (in one of `node`'s partitions by correlation) passes `start` and `where`.
+    fn member(&self, node: usize, row: &Row, sort: &[Val]) -> Result<bool> {
+        let np = &self.plan.nodes[node];
+        if !np.after_start(sort) {
+            return Ok(false);
+        }
+        let (ctx, plan) = (self.ctx, self.plan);
+        np.cond.eval(&row.vals, &mut |child| ctx.exists(plan, child, &row.vals))
+    }
+
+    // --- advancing ---------------------------------------------------------------------------
+
+    /// Marks `key` dirty in `node` if the node holds it or its current value falls into one of
+    /// the node's partitions.
+    fn mark(&self, node: usize, key: &Arc<str>, row: Option<&Arc<Row>>, dirty: &mut Vec<Dirty>) {
+        let ns = &self.st.nodes[node];
+        let relevant = ns.rows.contains_key(key)
+            || row.is_some_and(|r| {
+                // Not held: only a row that may enter one of the node's partitions matters.
+                let np = &self.plan.nodes[node];
+                self.partition_of(node, r).is_some_and(|pk| ns.parts.contains_key(&pk))
+                    && (np.start.is_none() || np.after_start(&np.sort_key(&r.vals)))
+                    && np.cond.maybe(&r.vals) != Some(false)
+            });
+        if relevant {
+            if dirty.is_empty() {
+                dirty.resize_with(self.plan.nodes.len(), Dirty::default);
+            }
+            dirty[node].add(key);
+        }
+    }
+
+    /// Collects the rows to re-examine for these changed rows; `false` when the query must be
+    /// re-hydrated instead (an unknown old value under a `NOT EXISTS`).
+    fn collect(&mut self, changes: &[(usize, RowChange<'_>)], dirty: &mut Vec<Dirty>) -> Result<bool> {
+        let plan = self.plan;
+        for &(_, RowChange { tid, table, key }) in changes {
+            let Some(nodes) = plan.by_table.get(table) else {
+                continue;
+            };
+            let row = self.ctx.row(tid, key)?;
+            for &x in nodes {
+                self.mark(x, key, row.as_ref(), dirty);
+                if let NodeKind::Exists { .. } = plan.nodes[x].kind {
+                    let mut values: Vec<PartKey> = Vec::new();
+                    match self.st.nodes[x].rows.get(key) {
+                        Some(e) => values.push(e.part.clone()),
+                        None if plan.nodes[x].neg_chain => return Ok(false),
+                        None => {}
+                    }
+                    if let Some(r) = &row {
+                        if let Some(pk) = self.partition_of(x, r) {
+                            if plan.nodes[x].cond.maybe(&r.vals) != Some(false) && !values.contains(&pk) {
+                                values.push(pk);
+                            }
+                        }
+                    }
+                    for v in &values {
+                        self.propagate(x, v, dirty)?;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The existence of EXISTS node `x`'s rows for correlation value `value` may have changed:
+    /// the parent rows with that value must be re-examined, and so on up the EXISTS chain.
+    fn propagate(&self, x: usize, value: &PartKey, dirty: &mut Vec<Dirty>) -> Result<()> {
+        let plan = self.plan;
+        let p = plan.nodes[x].parent.expect("EXISTS nodes have a parent");
+        let parents = self.ctx.parents(plan, x, value, self.st.tids[p])?;
+        for row in parents.iter() {
+            self.mark(p, &row.key, Some(row), dirty);
+            if let NodeKind::Exists { .. } = plan.nodes[p].kind {
+                if let Some(pk) = self.partition_of(p, row) {
+                    self.propagate(p, &pk, dirty)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-examines the dirty rows of `node` (all of its ancestors are done).
+    fn process(&mut self, node: usize, keys: &[Arc<str>]) -> Result<()> {
+        let plan = self.plan;
+        let np = &plan.nodes[node];
+        let tid = self.st.tids[node];
+        let mut work: Vec<PartWork> = Vec::new();
+        let mut index: FastMap<PartKey, usize> = FastMap::default();
+        for key in keys {
+            let row = self.ctx.row(tid, key)?;
+            let old = self.st.nodes[node].rows.get(key).map(|e| e.part.clone());
+            let new = row
+                .as_ref()
+                .and_then(|r| self.partition_of(node, r))
+                .filter(|pk| self.st.nodes[node].parts.contains_key(pk));
+            if let Some(pk) = &old {
+                touch_part(self.st, np, node, pk, &mut work, &mut index);
+            }
+            if let Some(pk) = &new {
+                let i = touch_part(self.st, np, node, pk, &mut work, &mut index);
+                work[i].candidates.push(row.clone().expect("a partition implies a row"));
+            }
+            if old.is_some() && old != new {
+                self.remove_row(node, key);
+            }
+        }
+        for w in work {
+            if !self.st.nodes[node].parts.contains_key(&w.key) {
+                continue;
+            }
+            for row in &w.candidates {
+                let sort = np.sort_key(&row.vals);
+                let beyond = w.full_before && w.bound.as_ref().map_or(true, |b| np.cmp_sort(&sort, b).is_gt());
+                let member = !beyond && self.member(node, row, &sort)?;
+                let present = self.st.nodes[node].rows.contains_key(&row.key);
+                match (present, member) {
+                    (true, true) => self.update_row(node, &w.key, row, sort)?,
+                    (true, false) => self.remove_row(node, &row.key),
+                    (false, true) => self.insert_row(node, &w.key, row, &sort)?,
+                    (false, false) => {}
+                }
+            }
+            if let Some(limit) = np.limit {
+                let len = self.st.nodes[node].parts[&w.key].keys.len() as u64;
+                if len > limit {
+                    let tail: Vec<Arc<str>> = self.st.nodes[node]
+                        .parts
+                        .get_mut(&w.key)
+                        .expect("present")
+                        .keys
+                        .split_off(limit as usize);
+                    for k in &tail {
+                        self.remove_entry(node, k);
+                    }
+                } else if len < limit && w.full_before {
+                    self.refill(node, &w.key, limit - len)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends up to `count` rows after the partition's last row.
+    fn refill(&mut self, node: usize, part: &PartKey, count: u64) -> Result<()> {
+        let np = &self.plan.nodes[node];
+        let link_vals: Vec<Val> = part.iter().map(KeyVal::to_val).collect();
+        let last = self.st.nodes[node].parts[part]
+            .keys
+            .last()
+            .map(|k| self.st.nodes[node].rows[k].sort.clone());
+        self.ctx.counters.borrow_mut().refills += 1;
+        let rows = match &last {
+            Some(after) => {
+                let stmt = np.refill.as_ref().expect("limited nodes have a refill");
+                self.ctx.query_rows(
+                    &np.table,
+                    stmt,
+                    stmt.bind(&link_vals, after, Some(count)),
+                    Some(&np.needed),
+                )?
+            }
+            None => self.ctx.query_rows(
+                &np.table,
+                &np.select,
+                np.select.bind(&link_vals, &[], Some(count)),
+                Some(&np.needed),
+            )?,
+        };
+        for row in &rows {
+            if self.st.nodes[node].rows.contains_key(&row.key) {
+                continue;
+            }
+            self.st.nodes[node]
+                .parts
+                .get_mut(part)
+                .expect("present")
+                .keys
+                .push(row.key.clone());
+            self.add_entry(node, part, row, np.sort_key(&row.vals), 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl QState {
+    fn new(plan: &Plan, db: &Db) -> QState {
+        QState {
+            nodes: plan.nodes.iter().map(|_| NodeState::default()).collect(),
+            tids: plan.nodes.iter().map(|n| db.table_ids[&n.table.name]).collect(),
+            rows: FastMap::default(),
+        }
+    }
+}
+
+/// Hydrates `plan` from scratch.
+fn hydrate(ctx: &Ctx<'_>, plan: &Plan, acc: &mut Acc<'_>) -> Result<QState> {
+    let mut st = QState::new(plan, ctx.db);
+    ctx.counters.borrow_mut().hydrations += 1;
+    let mut run = Run {
+        ctx,
+        plan,
+        st: &mut st,
+        acc,
+    };
+    for &root in &plan.roots {
+        run.acquire(root, ctx.root_key.clone())?;
+    }
+    Ok(st)
+}
+
+/// Drops a query's rows from the group.
+fn drop_state(st: QState, acc: &mut Acc<'_>) {
+    // Sorted, so that patches do not depend on hash order.
+    let mut rids: Vec<&RowId> = st.rows.keys().collect();
+    rids.sort_unstable();
+    for rid in rids {
+        acc.drop_ref(rid);
+    }
+}
+
+/// Advances one hydrated query by the changed rows (or re-hydrates it).
+fn advance_query(
+    ctx: &Ctx<'_>,
+    plan: &Plan,
+    st: &mut QState,
+    acc: &mut Acc<'_>,
+    changes: &[(usize, RowChange<'_>)],
+) -> Result<bool> {
+    if !changes.iter().any(|(_, c)| plan.by_table.contains_key(c.table)) {
+        return Ok(true);
+    }
+    // Allocated by the first row marked dirty.
+    let mut dirty: Vec<Dirty> = Vec::new();
+    let mut run = Run { ctx, plan, st, acc };
+    if !run.collect(changes, &mut dirty)? {
+        return Ok(false);
+    }
+    for (node, d) in dirty.iter().enumerate() {
+        if !d.keys.is_empty() {
+            run.process(node, &d.keys)?;
+        }
+    }
+    Ok(true)
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(
+        "PRAGMA query_only = 1; PRAGMA busy_timeout = 5000; PRAGMA mmap_size = 4294967296; PRAGMA cache_size = -32768;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(1024);
+    super::like::register(&conn)?;
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE name = '_zcache_replication_state'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Err(Error::Schema {
+            detail: format!("{} is not a zcache replica", path.display()),
+        });
+    }
+    Ok(conn)
+}
+
+impl Db {
+    /// Reloads the table specs if the file's schema changed; keeps unchanged tables' infos.
+    fn refresh(&mut self) -> Result<()> {
+        let cookie: i64 = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if cookie == self.schema_cookie {
+            return Ok(());
+        }
+        let specs: Vec<String> = {
+            let mut s = self.conn.prepare_cached(r#"SELECT "spec" FROM "_zcache_tables""#)?;
+            let rows = s.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut tables = HashMap::with_capacity(specs.len());
+        for text in specs {
+            let spec: TableSpec = serde_json::from_str(&text).map_err(|e| Error::Schema {
+                detail: format!("unreadable table spec in the replica: {e}"),
+            })?;
+            let name = spec.replica_name();
+            let min_version: Option<Arc<str>> = self
+                .conn
+                .prepare_cached(
+                    r#"SELECT max("state_version") FROM "_zcache_changes" WHERE "table" = ?1 AND "row_key" IS NULL AND "op" = 'r'"#,
+                )?
+                .query_row([&name], |r| r.get::<_, Option<String>>(0))?
+                .map(|v| Arc::from(v.as_str()));
+            let info = match self.tables.get(&name) {
+                Some(old) if old.spec == spec && old.min_version == min_version => old.clone(),
+                _ => match TableInfo::new(spec) {
+                    Ok(mut info) => {
+                        info.min_version = min_version;
+                        Arc::new(info)
+                    }
+                    Err(_) => continue, // No usable key: not queryable (and not replicated).
+                },
+            };
+            if !self.table_ids.contains_key(&name) {
+                self.table_ids.insert(name.clone(), self.table_names.len() as u32);
+                self.table_names.push(Arc::from(name.as_str()));
+            }
+            tables.insert(name, info);
+        }
+        let changed = tables.len() != self.tables.len()
+            || tables
+                .iter()
+                .any(|(n, t)| self.tables.get(n).map_or(true, |o| !Arc::ptr_eq(o, t)));
+        self.tables = tables;
+        self.schema_cookie = cookie;
+        if changed {
+            self.specs_gen += 1;
+        }
+        Ok(())
+    }
+
+    fn state_version(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row(r#"SELECT "state_version" FROM "_zcache_replication_state""#, [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Runs `f` in one read transaction at the replica's current version.
+    fn read<T>(&mut self, f: impl FnOnce(&mut Db, &str) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN")?;
+        let result = (|| {
+            let version = self.state_version()?;
+            self.refresh()?;
+            f(self, &version)
+        })();
+        let end = self
+            .conn
+            .execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        let value = result?;
+        end?;
+        Ok(value)
+    }
+
+    fn changes_since(&self, version: &str) -> Result<Vec<Change>> {
+        let mut s = self.conn.prepare_cached(
+            r#"SELECT "state_version", "table", "row_key", "op" FROM "_zcache_changes"
+               WHERE "state_version" > ?1 ORDER BY "state_version", "pos""#,
+        )?;
+        let rows = s.query_map([version], |r| {
+            Ok(Change {
+                version: r.get(0)?,
+                table: r.get(1)?,
+                key: r.get::<_, Option<String>>(2)?.map(|k| Arc::from(k.as_str())),
+                op: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Statistics of the engine, by name.
+pub type Statistics = Vec<(&'static str, u64)>;
+
+impl QueryEngine {
+    /// Opens the replica at `path` (read-only use: `PRAGMA query_only`).
+    pub fn open(path: &Path) -> Result<QueryEngine> {
+        let conn = open(path)?;
+        let mut db = Db {
+            conn,
+            tables: HashMap::new(),
+            table_ids: HashMap::new(),
+            table_names: Vec::new(),
+            schema_cookie: -1,
+            specs_gen: 0,
+        };
+        db.read(|_, _| Ok(()))?;
+        Ok(QueryEngine {
+            db,
+            groups: FastMap::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn merge(&mut self, c: &Counters) {
+        let t = &mut self.counters;
+        t.hydrations += c.hydrations;
+        t.partition_queries += c.partition_queries;
+        t.refills += c.refills;
+        t.exists_checks += c.exists_checks;
+        t.parent_lookups += c.parent_lookups;
+        t.row_reads += c.row_reads;
+        t.changes_read += c.changes_read;
+        t.advances += c.advances;
+        t.rehydrations += c.rehydrations;
+        t.query_errors += c.query_errors;
+    }
+
+    /// Adds (or replaces) query `hash` of `group`, hydrated at the replica's current version;
+    /// the group's other queries are advanced to that version first. Returns the group's patch.
+    /// An AST that does not parse or compile raises [`Error::InvalidQuery`] and changes nothing.
+    pub fn add_query(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Vec<u8>> {
+        let ast = parse_ast_json(ast_json).map_err(|detail| Error::InvalidQuery { detail })?;
+        let groups = &mut self.groups;
+        let (patch, counters) = self.db.read(|db, version| {
+            let plan = Arc::new(compile(&ast, &db.tables)?);
+            let ctx = Ctx::new(db);
+            let g = groups.entry(group.to_owned()).or_insert_with(|| Group {
+                version: version.to_owned(),
+                specs_gen: db.specs_gen,
+                queries: BTreeMap::new(),
+                rows: FastMap::default(),
+            });
+            let changes = if g.version.as_str() < version {
+                db.changes_since(&g.version)?
+            } else {
+                Vec::new()
+            };
+            let set = ChangeSet::new(&changes, db);
+            let mut acc = Acc::new(&mut g.rows);
+            advance_group(
+                &ctx,
+                &mut g.queries,
+                &mut g.version,
+                &mut g.specs_gen,
+                &mut acc,
+                &set,
+                version,
+            )?;
+            if let Some(old) = g.queries.remove(hash) {
+                if let Some(st) = old.state {
+                    drop_state(st, &mut acc);
+                }
+            }
+            let mut query = Query {
+                ast,
+                plan: Some(plan.clone()),
+                state: None,
+                error: None,
+            };
+            match hydrate(&ctx, &plan, &mut acc) {
+                Ok(st) => query.state = Some(st),
+                Err(e) => fail(&mut query, hash, &e, &mut acc, &ctx),
+            }
+            g.queries.insert(hash.to_owned(), query);
+            let patch = acc.finish(&g.version, db);
+            Ok((patch, ctx.counters.into_inner()))
+        })?;
+        self.merge(&counters);
+        Ok(patch)
+    }
+
+    /// Removes query `hash` of `group`; returns the group's patch (the rows only it held are
+    /// deleted). The group stays at its version.
+    pub fn remove_query(&mut self, group: &str, hash: &str) -> Result<Vec<u8>> {
+        let g = self.groups.get_mut(group).ok_or_else(|| unknown_group(group))?;
+        let mut acc = Acc::new(&mut g.rows);
+        if let Some(q) = g.queries.remove(hash) {
+            if let Some(st) = q.state {
+                drop_state(st, &mut acc);
+            }
+        }
+        Ok(acc.finish(&g.version, &self.db))
+    }
+
+    /// Advances each group to the replica's current version; one patch per group, in order.
+    /// Unknown groups are created empty at that version.
+    pub fn advance(&mut self, group_names: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        let groups = &mut self.groups;
+        let (patches, counters) = self.db.read(|db, version| {
+            let ctx = Ctx::new(db);
+            let min = group_names
+                .iter()
+                .filter_map(|n| groups.get(n))
+                .map(|g| g.version.as_str())
+                .filter(|v| *v < version)
+                .min()
+                .map(str::to_owned);
+            let changes = match &min {
+                Some(v) => db.changes_since(v)?,
+                None => Vec::new(),
+            };
+            ctx.counters.borrow_mut().changes_read += changes.len() as u64;
+            let set = ChangeSet::new(&changes, db);
+            let mut patches = Vec::with_capacity(group_names.len());
+            for name in group_names {
+                if !groups.contains_key(name) {
+                    groups.insert(
+                        name.clone(),
+                        Group {
+                            version: version.to_owned(),
+                            specs_gen: db.specs_gen,
+                            queries: BTreeMap::new(),
+                            rows: FastMap::default(),
+                        },
+                    );
+                }
+                let g = groups.get_mut(name).expect("inserted above");
+                let mut acc = Acc::new(&mut g.rows);
+                advance_group(
+                    &ctx,
+                    &mut g.queries,
+                    &mut g.version,
+                    &mut g.specs_gen,
+                    &mut acc,
+                    &set,
+                    version,
+                )?;
+                patches.push((name.clone(), acc.finish(&g.version, db)));
+            }
+            Ok((patches, ctx.counters.into_inner()))
+        })?;
+        self.merge(&counters);
+        Ok(patches)
+    }
+
+    pub fn remove_group(&mut self, group: &str) {
+        self.groups.remove(group);
+    }
+
+    pub fn group_version(&self, group: &str) -> Result<String> {
+        Ok(self
+            .groups
+            .get(group)
+            .ok_or_else(|| unknown_group(group))?
+            .version
+            .clone())
+    }
+
+    fn query(&self, group: &str, hash: &str) -> Result<&Query> {
+        self.groups
+            .get(group)
+            .ok_or_else(|| unknown_group(group))?
+            .queries
+            .get(hash)
+            .ok_or_else(|| Error::UnknownQuery {
+                detail: format!("client group {group:?} has no query {hash:?}"),
+            })
+    }
+
+    /// How many distinct rows query `hash` syncs (0 when it failed).
+    pub fn query_rows(&self, group: &str, hash: &str) -> Result<u64> {
+        Ok(self
+            .query(group, hash)?
+            .state
+            .as_ref()
+            .map_or(0, |st| st.rows.len() as u64))
+    }
+
+    /// Why query `hash` failed, if it did.
+    pub fn query_error(&self, group: &str, hash: &str) -> Result<Option<String>> {
+        Ok(self.query(group, hash)?.error.clone())
+    }
+
+    /// `CREATE INDEX` statements that would let the statements of the registered queries seek
+    /// instead of scanning (see "Indexes" in the module docs): per correlated node, its
+    /// correlation columns then its order columns; per `EXISTS` node, the parent's correlation
+    /// columns (parent lookups); per root, the columns of top-level `=`/`IN`/`IS` conditions,
+    /// then its order columns when it has a limit. Indexes the primary key already provides are
+    /// left out. The engine does not create them: the replica's writer must know about every
+    /// index (SQLite cannot drop a column an index uses).
+    #[must_use]
+    pub fn index_suggestions(&self) -> Vec<String> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        let mut add = |table: &TableInfo, cols: Vec<usize>| {
+            let mut names: Vec<String> = Vec::new();
+            for c in cols {
+                let name = table.cols[c].name.clone();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            let pk: Vec<&String> = table.pk.iter().map(|&k| &table.cols[k].name).collect();
+            let covered = names.iter().zip(&pk).all(|(a, b)| a == *b) && names.len() <= pk.len();
+            if !names.is_empty() && !covered && !out.iter().any(|(t, n)| *t == table.name && *n == names) {
+                out.push((table.name.clone(), names));
+            }
+        };
+        for g in self.groups.values() {
+            for q in g.queries.values() {
+                let Some(plan) = &q.plan else { continue };
+                for node in &plan.nodes {
+                    let order: Vec<usize> = node.order.iter().map(|&(c, _)| c).collect();
+                    match &node.link {
+                        Some(link) => {
+                            let mut cols = link.child_cols.clone();
+                            if node.limit.is_some() {
+                                cols.extend(&order);
+                            }
+                            add(&node.table, cols);
+                            if let (NodeKind::Exists { .. }, Some(p)) = (node.kind, node.parent) {
+                                add(&plan.nodes[p].table, link.parent_cols.clone());
+                            }
+                        }
+                        None => {
+                            let mut cols = Vec::new();
+                            let conjuncts: Vec<&super::plan::Cond> = match &node.cond {
+                                super::plan::Cond::And(cs) => cs.iter().collect(),
+                                other => vec![other],
+                            };
+                            for c in conjuncts {
+                                match c {
+                                    super::plan::Cond::Cmp {
+                                        col,
+                                        op: super::plan::CmpOp::Eq,
+                                        ..
+                                    }
+                                    | super::plan::Cond::In { col, not: false, .. }
+                                    | super::plan::Cond::Is { col, not: false, .. } => cols.push(*col),
+                                    _ => {}
+                                }
+                            }
+                            if node.limit.is_some() {
+                                cols.extend(&order);
+                            }
+                            add(&node.table, cols);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        // An index whose columns start another one's is redundant.
+        let all = out.clone();
+        out.retain(|(t, cols)| {
+            !all.iter()
+                .any(|(t2, c2)| t2 == t && c2.len() > cols.len() && c2.starts_with(cols))
+        });
+        out.into_iter()
+            .map(|(table, cols)| {
+                let name = format!("zcache_{}_{}", table, cols.join("_"))
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+                let quoted: Vec<String> = cols.iter().map(|c| crate::replica::layout::quote_ident(c)).collect();
+                format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                    crate::replica::layout::quote_ident(&name),
+                    crate::replica::layout::quote_ident(&table),
+                    quoted.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    #[must_use]
+    pub fn statistics(&self) -> Statistics {
+        let mut queries = 0;
+        let mut hydrated = 0;
+        let mut errored = 0;
+        let mut partitions = 0;
+        let mut entries = 0;
+        let mut query_rows = 0;
+        let mut group_rows = 0;
+        for g in self.groups.values() {
+            group_rows += g.rows.len() as u64;
+            for q in g.queries.values() {
+                queries += 1;
+                if q.error.is_some() {
+                    errored += 1;
+                }
+                if let Some(st) = &q.state {
+                    hydrated += 1;
+                    query_rows += st.rows.len() as u64;
+                    for n in &st.nodes {
+                        partitions += n.parts.len() as u64;
+                        entries += n.rows.len() as u64;
+                    }
+                }
+            }
+        }
+        let c = &self.counters;
+        vec![
+            ("groups", self.groups.len() as u64),
+            ("queries", queries),
+            ("hydrated_queries", hydrated),
+            ("errored_queries", errored),
+            ("partitions", partitions),
+            ("entries", entries),
+            ("query_rows", query_rows),
+            ("group_rows", group_rows),
+            ("tables", self.db.tables.len() as u64),
+            ("hydrations", c.hydrations),
+            ("partition_queries", c.partition_queries),
+            ("refills", c.refills),
+            ("exists_checks", c.exists_checks),
+            ("parent_lookups", c.parent_lookups),
+            ("row_reads", c.row_reads),
+            ("changes_read", c.changes_read),
+            ("advances", c.advances),
+            ("rehydrations", c.rehydrations),
+            ("query_errors", c.query_errors),
+        ]
+    }
+}
+
+fn unknown_group(group: &str) -> Error {
+    Error::UnknownQuery {
+        detail: format!("no client group {group:?}"),
+    }
+}
+
+/// Marks a query failed: its rows leave the group, the error goes into the patch.
+fn fail(query: &mut Query, hash: &str, err: &Error, acc: &mut Acc<'_>, ctx: &Ctx<'_>) {
+    if let Some(st) = query.state.take() {
+        drop_state(st, acc);
+    }
+    let message = match err {
+        Error::InvalidQuery { detail } => detail.clone(),
+        other => other.to_string(),
+    };
+    ctx.counters.borrow_mut().query_errors += 1;
+    query.error = Some(message.clone());
+    acc.errors.push((hash.to_owned(), message));
+}
+
+/// Advances a group's queries by `changes` (the log entries after the group's version) to
+/// `version`.
+fn advance_group(
+    ctx: &Ctx<'_>,
+    queries: &mut BTreeMap<String, Query>,
+    group_version: &mut String,
+    group_specs: &mut u64,
+    acc: &mut Acc<'_>,
+    set: &ChangeSet<'_>,
+    version: &str,
+) -> Result<()> {
+    let db = ctx.db;
+    let stale_specs = *group_specs != db.specs_gen;
+    let replica_reset = group_version.as_str() > version;
+    let first = set.first_after(group_version);
+    if first == set.changes.len() && !stale_specs && !replica_reset {
+        group_version.clear();
+        group_version.push_str(version);
+        return Ok(());
+    }
+    ctx.counters.borrow_mut().advances += 1;
+    let rows = &set.rows[set.rows.partition_point(|(i, _)| *i < first)..];
+    let whole_tables: Vec<&str> = set.whole.iter().filter(|(i, _)| *i >= first).map(|(_, t)| *t).collect();
+    for (hash, query) in queries.iter_mut() {
+        if query.error.is_some() {
+            if stale_specs {
+                // The schema changed: maybe the query fits now.
+                query.error = None;
+                match compile(&query.ast, &db.tables).and_then(|plan| {
+                    let plan = Arc::new(plan);
+                    hydrate(ctx, &plan, acc).map(|st| (plan, st))
+                }) {
+                    Ok((plan, st)) => {
+                        query.plan = Some(plan);
+                        query.state = Some(st);
+                    }
+                    Err(e) => fail(query, hash, &e, acc, ctx),
+                }
+            }
+            continue;
+        }
+        let Some(plan) = query.plan.clone() else { continue };
+        let rehydrate = replica_reset
+            || (stale_specs && !plan.is_current(&db.tables))
+            || whole_tables.iter().any(|t| plan.by_table.contains_key(*t));
+        let result = if rehydrate {
+            rehydrate_query(ctx, query, acc)
+        } else {
+            let st = query.state.as_mut().expect("hydrated queries have state");
+            match advance_query(ctx, &plan, st, acc, rows) {
+                Ok(true) => Ok(()),
+                Ok(false) => rehydrate_query(ctx, query, acc),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = result {
+            fail(query, hash, &e, acc, ctx);
+        }
+    }
+    group_version.clear();
+    group_version.push_str(version);
+    *group_specs = db.specs_gen;
+    Ok(())
+}
+
+/// Recompiles (if the tables changed) and hydrates a query again; the patch gets the difference.
+fn rehydrate_query(ctx: &Ctx<'_>, query: &mut Query, acc: &mut Acc<'_>) -> Result<()> {
+    ctx.counters.borrow_mut().rehydrations += 1;
+    let plan = match &query.plan {
+        Some(p) if p.is_current(&ctx.db.tables) => p.clone(),
+        _ => Arc::new(compile(&query.ast, &ctx.db.tables)?),
+    };
+    let old = query.state.take();
+    let st = hydrate(ctx, &plan, acc)?;
+    if let Some(old) = old {
+        drop_state(old, acc);
+    }
+    query.plan = Some(plan);
+    query.state = Some(st);
+    Ok(())
+}
+
+/// For tests and diagnostics: the rows of each query, as (table, key) pairs.
+#[cfg(test)]
+impl QueryEngine {
+    fn group_rows(&self, group: &str) -> Vec<(String, String, String)> {
+        let mut out: Vec<(String, String, String)> = self.groups[group]
+            .rows
+            .iter()
+            .map(|((tid, key), r)| {
+                (
+                    self.db.table_names[*tid as usize].to_string(),
+                    key.to_string(),
+                    r.version.to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<QueryEngine>();
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Writes a patch's ops in a compact human form (tests).
+#[cfg(test)]
+fn describe_patch(patch: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let v: serde_json::Value = serde_json::from_slice(patch).unwrap();
+    let mut out = String::new();
+    for op in v["ops"].as_array().unwrap() {
+        let key = op["rowKey"].to_string();
+        let _ = write!(
+            out,
+            "{} {} {key}; ",
+            op["op"].as_str().unwrap(),
+            op["table"].as_str().unwrap()
+        );
+    }
+    out
+}

@@ -1,0 +1,100 @@
+//! Bindings for `crate::ivm`: the query engine. Every method runs with the GIL released; patches
+//! cross the boundary as JSON bytes serialised by Rust.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::ivm;
+
+fn poisoned() -> PyErr {
+    PyRuntimeError::new_err("a previous call panicked while holding the query engine; discard it")
+}
+
+#[pyclass(module = "zcache._native")]
+pub struct QueryEngine {
+    inner: Mutex<ivm::QueryEngine>,
+}
+
+impl QueryEngine {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut ivm::QueryEngine) -> crate::error::Result<T> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| {
+            let mut engine = self.inner.lock().map_err(|_| poisoned())?;
+            f(&mut engine).map_err(PyErr::from)
+        })
+    }
+}
+
+#[pymethods]
+impl QueryEngine {
+    #[new]
+    fn new(py: Python<'_>, replica_path: PathBuf) -> PyResult<Self> {
+        let engine = py.detach(|| ivm::QueryEngine::open(&replica_path))?;
+        Ok(QueryEngine {
+            inner: Mutex::new(engine),
+        })
+    }
+
+    fn add_query<'py>(
+        &self,
+        py: Python<'py>,
+        group: &str,
+        query_hash: &str,
+        ast_json: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let patch = self.with(py, |e| e.add_query(group, query_hash, ast_json))?;
+        Ok(PyBytes::new(py, &patch))
+    }
+
+    fn remove_query<'py>(&self, py: Python<'py>, group: &str, query_hash: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let patch = self.with(py, |e| e.remove_query(group, query_hash))?;
+        Ok(PyBytes::new(py, &patch))
+    }
+
+    fn advance<'py>(&self, py: Python<'py>, groups: Vec<String>) -> PyResult<Vec<(String, Bound<'py, PyBytes>)>> {
+        let patches = self.with(py, |e| e.advance(&groups))?;
+        Ok(patches.into_iter().map(|(g, p)| (g, PyBytes::new(py, &p))).collect())
+    }
+
+    fn remove_group(&self, py: Python<'_>, group: &str) -> PyResult<()> {
+        self.with(py, |e| {
+            e.remove_group(group);
+            Ok(())
+        })
+    }
+
+    fn group_version(&self, py: Python<'_>, group: &str) -> PyResult<String> {
+        self.with(py, |e| e.group_version(group))
+    }
+
+    fn query_rows(&self, py: Python<'_>, group: &str, query_hash: &str) -> PyResult<u64> {
+        self.with(py, |e| e.query_rows(group, query_hash))
+    }
+
+    fn query_error(&self, py: Python<'_>, group: &str, query_hash: &str) -> PyResult<Option<String>> {
+        self.with(py, |e| e.query_error(group, query_hash))
+    }
+
+    fn index_suggestions(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.with(py, |e| Ok(e.index_suggestions()))
+    }
+
+    fn statistics(&self, py: Python<'_>) -> PyResult<HashMap<String, u64>> {
+        self.with(py, |e| {
+            Ok(e.statistics().into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+        })
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<QueryEngine>()?;
+    Ok(())
+}
