@@ -448,6 +448,21 @@ class CVRStore:
                 [del_groups, del_tables, del_keys, del_patch],
             )
 
+    async def touch(self, group_ids: Sequence[str]) -> None:
+        """Marks groups this process serves as active now (garbage collection spares them)."""
+        if not group_ids:
+            return
+        await self._run(
+            lambda conn: conn.execute(
+                self._q(
+                    """UPDATE {s}.instances SET "lastActive" = now()
+                       WHERE "clientGroupID" = ANY(%s) AND "owner" = %s"""
+                ),
+                [list(group_ids), self.owner],
+            ),
+            retry_stale=True,
+        )
+
     # --- garbage collection -------------------------------------------------------------------
 
     async def collect_garbage(self, *, inactive_before_ms: float, limit: int) -> list[str]:
