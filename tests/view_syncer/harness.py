@@ -339,34 +339,40 @@ class Harness:
         self.config = cfg
         self.cvr_dsn = cvr_dsn
         self.service: ViewSyncerService | None = None
-        self._service_scope: trio.CancelScope | None = None
+        self._nurseries: dict[int, trio.Nursery] = {}
 
     async def start_service(self, **kw: Any) -> ViewSyncerService:
+        """Starts a ViewSyncerService (another process, as far as the CVR store can tell) in a
+        nursery of its own that its client sessions share; the latest one is where `connect`
+        goes by default."""
         kw.setdefault("permissions_loader", lambda path: AllowAll())
         kw.setdefault("transformer", None)
         kw.setdefault("mutations", None)
-        service = ViewSyncerService(self.config, replicator=self.replicator, cvr_dsn=self.cvr_dsn, **kw)
-        scope = trio.CancelScope()
+        kw.setdefault("cvr_dsn", self.cvr_dsn)
+        service = ViewSyncerService(self.config, replicator=self.replicator, **kw)
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await service.run(task_status=task_status)
+        async def run(task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                task_status.started(nursery)
 
-        await self.nursery.start(run)
-        self.service, self._service_scope = service, scope
+        self._nurseries[id(service)] = await self.nursery.start(run)
+        self.service = service
         return service
 
-    def stop_service(self) -> None:
-        """As a crash: the service's tasks are cancelled, nothing is flushed on the way out."""
-        assert self._service_scope is not None
-        self._service_scope.cancel()
-        self.service, self._service_scope = None, None
+    def stop_service(self, service: ViewSyncerService | None = None) -> None:
+        """As a crash: the service and its connections are cancelled where they are."""
+        service = service or self.service
+        assert service is not None
+        self._nurseries.pop(id(service)).cancel_scope.cancel()
+        if service is self.service:
+            self.service = None
 
-    async def connect(self, client: FakeClient, init: InitConnection) -> Session:
-        assert self.service is not None
+    async def connect(self, client: FakeClient, init: InitConnection, service: ViewSyncerService | None = None) -> Session:
+        service = service or self.service
+        assert service is not None
         send, receive = trio.open_memory_channel[UpstreamMessage](16)
         done = trio.Event()
-        service = self.service
 
         async def serve() -> None:
             try:
@@ -375,7 +381,7 @@ class Harness:
                 client.closed = True
                 done.set()
 
-        self.nursery.start_soon(serve)
+        self._nurseries[id(service)].start_soon(serve)
         return Session(client, send, done)
 
     async def caught_up(self) -> str:
