@@ -167,6 +167,7 @@ class Prepared:
     flush: CVRFlush
     version: CVRVersion
     messages: list[str]
+    state_version: str | None  # the replica version the change reflects
 
 
 def transformation_hash(ast: dict[str, Any]) -> str:
@@ -206,6 +207,7 @@ class ClientGroup:
         self.engine_queries: dict[str, str] = {}  # hash → transformation hash of what the engine runs
         self.errored: set[str] = set()  # named queries whose transform failed
         self.pinned_user: Any = _UNSET
+        self.advanced_to = ""  # see mark_advanced
         self._ttl_base_ms = 0.0
         self._ttl_anchor: float | None = None
         if self.connections:
@@ -225,7 +227,8 @@ class ClientGroup:
                 raise GroupRetired
             with trio.CancelScope(shield=True):
                 yield
-                if self.needs_advance and self.loaded:
+                # An advance can be skipped again while this one runs: loop until none was.
+                while self.needs_advance and self.loaded:
                     await self._advance_alone()
 
     def try_lock(self) -> bool:
@@ -275,6 +278,7 @@ class ClientGroup:
             or change.clients_removed
             or change.instance_changed
         ):
+            self.mark_advanced(change.state_version)
             return None
         old = self.version
         new = old.next(change.state_version or old.state) if visible else old
@@ -313,7 +317,13 @@ class ClientGroup:
             messages.append(encode(["transformError", change.transform_errors]))
         if visible:
             messages.extend(poke_messages(old.cookie, new.cookie, content))
-        return Prepared(flush, new, messages)
+        return Prepared(flush, new, messages, change.state_version)
+
+    def mark_advanced(self, state_version: str | None) -> None:
+        """The group's clients have been sent everything up to this replica version."""
+        if state_version is not None and state_version > self.advanced_to:
+            self.advanced_to = state_version
+            self._svc.group_advanced()
 
     def finish(self, prepared: Prepared, *, rejected: bool) -> None:
         """After the flush: send the poke, or give the group up if another process has it."""
@@ -325,6 +335,7 @@ class ClientGroup:
         self.purged = False
         if prepared.messages:
             self.deliver(prepared.messages)
+        self.mark_advanced(prepared.state_version)
 
     async def commit(self, change: GroupChange, *, force: bool = False) -> None:
         prepared = self.prepare(change, force=force)
@@ -792,13 +803,11 @@ class ClientGroup:
         await self.sync_queries(handle)
 
     async def evict_expired(self) -> None:
-        if not self.try_lock():
-            return
-        try:
+        if self._lock.locked():
+            return  # busy: the next tick evicts
+        async with self.locked():
             if self.loaded:
                 await self._evict(self.ttl_now())
-        finally:
-            self.unlock()
 
     async def _evict(self, now: float) -> None:
         expired = [

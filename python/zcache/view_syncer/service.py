@@ -135,9 +135,6 @@ class ViewSyncerService:
         self.groups: dict[str, ClientGroup] = {}
         self._ready = trio.Event()
         self._rotation = 0
-        # The replica version the last advance of every group reached (groups busy then follow
-        # before their lock is released).
-        self.advanced_version = ""
         self._advanced = trio.Event()
 
     def ready(self) -> bool:
@@ -247,13 +244,14 @@ class ViewSyncerService:
                 await self._replica_rebuilt()
                 continue
             await self.advance_all()
-            self.advanced_version = seen
-            self._advanced.set()
-            self._advanced = trio.Event()
+
+    def group_advanced(self) -> None:
+        self._advanced.set()
+        self._advanced = trio.Event()
 
     async def wait_advanced(self, version: str) -> None:
-        """Returns once every group was advanced to `version` (or a later one)."""
-        while self.advanced_version < version:
+        """Returns once every loaded group's engine state is at `version` or later."""
+        while any(g.loaded and g.advanced_to < version for g in self.groups.values()):
             await self._advanced.wait()
 
     async def advance_all(self) -> None:
