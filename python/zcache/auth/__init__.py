@@ -3,7 +3,7 @@
 * `tokens`: `TokenVerifier` (JWT or opaque tokens, zero-cache's connection rules), `AuthData`,
   `AuthError`;
 * `jwt_keys`: verification keys (secret, JWK, remote JWK set with refresh);
-* `permissions`: the legacy `zero.permissions` rules (`Permissions.bind_read`, `check_write`).
+* `permissions`: the legacy read rules of `<app>.permissions` (`Permissions.bind_read`).
 """
 
 from zcache.auth.tokens import AuthData, AuthError, TokenVerifier
