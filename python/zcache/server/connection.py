@@ -73,7 +73,9 @@ class ClientGone(Exception):
 
 
 class Authenticator(Protocol):
-    async def authenticate(self, token: str | None, user_id: str | None) -> AuthData: ...
+    """`TokenVerifier.authenticate`: `previous` is the connection's auth when `updateAuth` rotates it."""
+
+    async def authenticate(self, token: str | None, user_id: str | None, *, previous: AuthData | None = None) -> AuthData: ...
 
 
 class ViewSyncers(Protocol):
@@ -337,9 +339,9 @@ class _Session:
             self.handshake_done.set()
 
     async def _refuse(self, kind: str, message: str) -> None:
-        """Auth failure at connect: `error` then close 3000 with the message as reason, no `connected`."""
+        """Auth failure at connect: `error`, then close 3000 with zero-cache's reason; no `connected`."""
         error = protocol.encode_downstream(protocol.error_message(kind, message))
-        reason = protocol.elide(message, protocol.MAX_CLOSE_REASON_BYTES)
+        reason = "Failed to decode JWT" if kind == "AuthInvalidated" else protocol.elide(message, protocol.MAX_CLOSE_REASON_BYTES)
         log.info("refusing %s: %s %s", self.conn._describe(), kind, message)
         await self.conn._begin_close(_Close(error, AUTH_FAILURE_CLOSE_CODE, reason))
         self.handshake_done.set()
@@ -411,7 +413,9 @@ class _Session:
                 self.nursery.start_soon(self._serve_view_syncer, message)
             case UpdateAuth(auth=token):
                 try:
-                    auth = await self.edge.authenticator.authenticate(token, self.conn.params.user_id)
+                    auth = await self.edge.authenticator.authenticate(
+                        token, self.conn.params.user_id, previous=self.conn.auth
+                    )
                 except AuthError as e:
                     await self.conn.fail(e.kind, e.message)
                     return
