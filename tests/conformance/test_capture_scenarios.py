@@ -59,7 +59,7 @@ def golden(scenario: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("scenario", _cases())
+@pytest.mark.parametrize("scenario", list(_cases()))
 def test_capture_scenario(
     scenario: str,
     app_server_install: AppServerInstall,
@@ -73,7 +73,9 @@ def test_capture_scenario(
     assert run.outcome(scenario) == "ok", run.explain()
     ours, theirs = run.transcript(scenario), golden(scenario)
     assert message_kinds(ours, "s2c") == message_kinds(theirs, "s2c"), run.explain()
-    assert message_kinds(ours, "c2s") == message_kinds(theirs, "c2s"), run.explain()
+    # The client decides these by timing: a duplicate `put` right after connecting, pings after silence.
+    timing = {"changeDesiredQueries", "ping"}
+    assert message_kinds(ours, "c2s") - timing == message_kinds(theirs, "c2s") - timing, run.explain()
     assert server_close_codes(ours) == server_close_codes(theirs), run.explain()
     assert set(app_calls(ours)) == set(app_calls(theirs)), run.explain()
     CHECKS.get(scenario, lambda _r, _o, _t: None)(run, ours, theirs)
@@ -110,7 +112,8 @@ def _raw_session(run: CaptureRun, ours: list[dict[str, object]], theirs: list[di
     inspect_ops = [f[1]["op"] for f in frames(ours, "s2c") if f[0] == "inspect"]  # type: ignore[index]
     assert inspect_ops == [f[1]["op"] for f in frames(theirs, "s2c") if f[0] == "inspect"]  # type: ignore[index]
     assert ["deleteClients", {"clientIDs": ["some-old-client"]}] in frames(ours, "s2c")
-    assert notes(ours)["no reply to pull expected; unread messages"] == []
+    unread = notes(ours)["no reply to pull expected; unread messages"]
+    assert not [m for m in unread if m[0] == "pull"]  # type: ignore[index]
     got = [f for f in frames(ours, "s2c") if f[0] == "pokePart" and "gotQueriesPatch" in f[1]]  # type: ignore[index]
     assert [p[1]["gotQueriesPatch"] for p in got] == [[{"op": "put", "hash": "rawq1"}], [{"op": "del", "hash": "rawq1"}]]  # type: ignore[index]
 

@@ -434,18 +434,27 @@ class _Session:
         conn = self.conn
         try:
             await self.edge.view_syncers.serve_client(conn, init, self.inbox_receive)
-        except ClientGone:
-            pass
-        except ProtocolError as e:
-            await conn.fail(e.kind, e.message)
         except Exception as e:  # one client's failure must not take the server down
-            log.exception("view syncer failed for %s", conn._describe())
-            await conn.fail("Internal", f"{type(e).__name__}: {e}")
+            leaves = _leaf_exceptions(e)
+            protocol_error = next((x for x in leaves if isinstance(x, ProtocolError)), None)
+            if protocol_error is not None:
+                await conn.fail(protocol_error.kind, protocol_error.message)
+            elif not all(isinstance(x, ClientGone) for x in leaves):
+                log.exception("view syncer failed for %s", conn._describe())
+                first = next(x for x in leaves if not isinstance(x, ClientGone))
+                await conn.fail("Internal", f"{type(first).__name__}: {first}")
         finally:
             self.view_syncer_done.set()
             # Unblocks a reader waiting for room in the inbox nobody reads any more.
             self.inbox_receive.close()
         await conn.close(None)
+
+
+def _leaf_exceptions(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or the error itself."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaf_exceptions(inner)]
+    return [error]
 
 
 __all__ = [
