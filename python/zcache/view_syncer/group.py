@@ -187,7 +187,7 @@ class ClientGroup:
         self._lock = trio.Lock()
         self.retired = False
         self.loaded = False
-        self.needs_advance = False
+        self.advance_pending = False  # a deferred advance is queued for the lock
         self.connections: dict[str, Connection] = {}
         self.idle_since: float | None = trio.current_time()
         self.inspect_authenticated = False
@@ -217,7 +217,7 @@ class ClientGroup:
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
-        """The group's lock; an advance skipped while it was held runs before it is released.
+        """The group's lock.
 
         The body is shielded from cancellation: the engine's state, the CVR in memory and the
         store move together, and a body cancelled between an engine call and its flush would
@@ -227,9 +227,6 @@ class ClientGroup:
                 raise GroupRetired
             with trio.CancelScope(shield=True):
                 yield
-                # An advance can be skipped again while this one runs: loop until none was.
-                while self.needs_advance and self.loaded:
-                    await self._advance_alone()
 
     def try_lock(self) -> bool:
         try:
@@ -373,11 +370,10 @@ class ClientGroup:
         if self.loaded:
             self._svc.forget_engine_group(self.id)
         self.loaded = False
-        self.needs_advance = False
         self._reset_state()
 
-    async def _advance_alone(self) -> None:
-        self.needs_advance = False
+    async def advance_alone(self) -> None:
+        """Advances this group by itself (caller holds the lock)."""
         patch = await self._svc.engine_advance([self.id])
         change = GroupChange()
         self.absorb(change, patch[self.id])
@@ -651,8 +647,8 @@ class ClientGroup:
 
     async def sync_queries(self, handle: Connection, *, retransform: bool = False) -> None:
         """Puts into the engine what the clients desire and it does not run yet (transforming
-        named queries first); with `retransform`, every named query is transformed again and
-        re-run if its AST changed."""
+        named queries first); with `retransform`, every named query is transformed again (and
+        every legacy query bound to the permissions again) and re-run if its AST changed."""
         async with self.locked():
             if not self.loaded:
                 return
@@ -662,7 +658,7 @@ class ClientGroup:
                 for h, q in sorted(self.queries.items())
                 if not q.internal
                 and self._wanted(h, now)
-                and (h not in self.engine_queries or (retransform and q.name is not None))
+                and (h not in self.engine_queries or retransform)
                 and (retransform or h not in self.errored)
             ]
             internal_missing = not self._has_internal_queries()
