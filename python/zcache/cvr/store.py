@@ -270,6 +270,11 @@ class CVRStore:
     def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
         rejected: set[str] = set()
         with conn.transaction():
+            # A poke waits for its flush. Without waiting for the WAL to reach the disk, a crash
+            # of Postgres itself (not of zcache) may lose the last flushes; clients whose cookie
+            # is then ahead of their CVR are told so (InvalidConnectionRequestBaseCookie) and
+            # sync again from scratch, which is correct, only slower.
+            conn.execute("SET LOCAL synchronous_commit = off")
             ids = sorted({f.instance.group_id for f in flushes})  # one lock order for every process
             stored = {
                 r[0]: (r[1], r[2])
