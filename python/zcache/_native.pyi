@@ -223,11 +223,11 @@ class QueryEngine:
     def query_error(self, group: str, query_hash: str) -> str | None:
         """Why the query failed, or ``None`` while it is hydrated."""
     def fetch_rows(self, keys: Sequence[tuple[str, str]]) -> bytes:
-        """The current value of each ``(table, row key)`` (row keys as in patches, e.g.
-        ``'{"id":"f1"}'``), read in one read transaction: JSON bytes
-        ``{"version": "<state version>", "rows": [{"table", "rowKey", "value", "rowVersion"}, ...]}``
-        in request order. Rows (or tables) that no longer exist are left out. A client catching
-        up from its cookie gets the rows its CVR recorded since, by key, through this."""
+        """The current value of each ``(table, row key)`` (row keys as JSON objects of the
+        primary-key columns, e.g. ``'{"id":"f1"}'``), read in one read transaction, as a patch
+        of puts (the format above, ``queryErrors`` empty), in request order. Rows (or tables)
+        that no longer exist are left out. A client catching up from its cookie gets the rows
+        its CVR recorded since, by key, through this."""
     def client_tables(self) -> bytes:
         """The replica's queryable tables as a client schema declares them: JSON bytes
         ``{"version", "replicaVersion", "tables": {"<table>": {"columns": {"<col>": "string" |
@@ -242,3 +242,16 @@ class QueryEngine:
     def statistics(self) -> dict[str, int]:
         """Sizes (groups, queries, partitions, rows) and cumulative counters (hydrations,
         statements run, rehydrations, ...)."""
+
+def read_patch(patch: bytes) -> tuple[str, list[tuple[str, str, str | None, str]], dict[str, str]]:
+    """A patch (of ``QueryEngine``) as pokes and CVR flushes use it: ``(version, rows,
+    queryErrors)``, one ``(table, canonical key, row version or None for a delete, client op)``
+    per row in patch order, where the client op is the encoded ``rowsPatch`` op
+    (``{"op":"put","tableName":…,"value":{…}}`` or ``{"op":"del","tableName":…,"id":{…}}``).
+    Raises :class:`MalformedError` for bytes that are not a patch. The GIL is released while
+    parsing."""
+
+def canonical_json(texts: Sequence[str]) -> list[str]:
+    """Each JSON text in canonical form (compact, object keys sorted by their UTF-8 bytes): the
+    keys ``read_patch`` writes, for keys read back from Postgres ``jsonb``. Raises
+    :class:`MalformedError` for text that is not JSON."""

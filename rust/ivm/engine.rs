@@ -1585,6 +1585,7 @@ fn _assert_send() {
 }
 
 mod fetch;
+pub use fetch::{canonical_json, read_patch, PatchView, RowOp};
 
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,28 @@ impl QueryEngine {
     }
 }
 
+/// `(version, [(table, key, row_version | None, op_json)], {query hash: error})`.
+type PatchRows = (String, Vec<(String, String, Option<String>, String)>, HashMap<String, String>);
+
+#[pyfunction]
+fn read_patch(py: Python<'_>, patch: &[u8]) -> PyResult<PatchRows> {
+    let view = py.detach(|| ivm::engine::read_patch(patch))?;
+    Ok((
+        view.version,
+        view.rows.into_iter().map(|r| (r.table, r.key, r.row_version, r.op)).collect(),
+        view.query_errors.into_iter().collect(),
+    ))
+}
+
+#[pyfunction]
+fn canonical_json(py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<String>> {
+    let out = py.detach(|| texts.iter().map(|t| ivm::engine::canonical_json(t)).collect::<crate::error::Result<Vec<_>>>())?;
+    Ok(out)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QueryEngine>()?;
+    m.add_function(wrap_pyfunction!(read_patch, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
     Ok(())
 }

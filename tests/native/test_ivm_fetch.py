@@ -43,16 +43,33 @@ def test_fetch_rows_returns_current_values_in_request_order(replica: Replica) ->
         )
     )
     assert result["version"] == version
-    assert [(r["table"], r["rowKey"]) for r in result["rows"]] == [
+    assert [(r["table"], r["rowKey"]) for r in result["ops"]] == [
         ("user", {"id": "u2"}),
         ("file_state", {"userId": "u1", "fileId": "f1"}),
         ("user", {"id": "u1"}),
     ]
-    assert result["rows"][0]["value"] == {"id": "u2", "name": "Bobby", "age": 41, "admin": False, "prefs": None}
-    assert result["rows"][0]["rowVersion"] == version
-    assert result["rows"][2]["value"] == {"id": "u1", "name": "Alice", "age": 30, "admin": True, "prefs": {"theme": "dark"}}
-    assert result["rows"][2]["rowVersion"] < version
-    assert json.loads(engine.fetch_rows([])) == {"version": version, "rows": []}
+    assert result["ops"][0]["value"] == {"id": "u2", "name": "Bobby", "age": 41, "admin": False, "prefs": None}
+    assert result["ops"][0]["rowVersion"] == version
+    assert result["ops"][2]["value"] == {"id": "u1", "name": "Alice", "age": 30, "admin": True, "prefs": {"theme": "dark"}}
+    assert result["ops"][2]["rowVersion"] < version
+    assert {op["op"] for op in result["ops"]} == {"put"}
+    assert json.loads(engine.fetch_rows([])) == {"version": version, "ops": [], "queryErrors": {}}
+
+
+def test_read_patch_and_canonical_keys(replica: Replica) -> None:
+    engine = _native.QueryEngine(str(replica.path))
+    ast = {"table": "file_state", "where": {"type": "simple", "op": "=", "left": {"type": "column", "name": "userId"}, "right": {"type": "literal", "value": "u1"}}}
+    version, rows, errors = _native.read_patch(engine.add_query("g", "q", json.dumps(ast)))
+    assert errors == {}
+    ((table, key, row_version, op),) = rows
+    assert (table, key, row_version) == ("file_state", '{"fileId":"f1","userId":"u1"}', version)
+    assert json.loads(op) == {"op": "put", "tableName": "file_state", "value": {"userId": "u1", "fileId": "f1", "lastVisitAt": 5, "isPinned": True}}
+    # Postgres jsonb writes keys its own way; both become the same text.
+    assert _native.canonical_json(['{"userId": "u1", "fileId": "f1"}']) == [key]
+    (_, rows, _) = _native.read_patch(engine.remove_query("g", "q"))
+    assert rows == [("file_state", key, None, '{"op":"del","tableName":"file_state","id":' + key + "}")]
+    with pytest.raises(_native.MalformedError):
+        _native.read_patch(b"[]")
 
 
 def test_client_tables(replica: Replica) -> None:

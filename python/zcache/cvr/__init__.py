@@ -12,7 +12,6 @@ from zcache.cvr.model import (
     InstanceRecord,
     QueryRecord,
     RowChange,
-    row_key_text,
 )
 from zcache.cvr.schema import CVRSchemaError, cvr_schema
 from zcache.cvr.store import CVRStore, CVRStoreUnavailable
@@ -31,5 +30,4 @@ __all__ = [
     "QueryRecord",
     "RowChange",
     "cvr_schema",
-    "row_key_text",
 ]

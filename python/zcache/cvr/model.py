@@ -7,7 +7,6 @@ config-only changes made since (query-set and transformation changes): cookie ``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,11 +43,6 @@ class CVRVersion:
 
     def __str__(self) -> str:
         return self.cookie
-
-
-def row_key_text(key: dict[str, Any]) -> str:
-    """One text per row key, whatever produced the key (the engine, Postgres jsonb)."""
-    return json.dumps(key, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 @dataclass
@@ -112,7 +106,7 @@ class RowChange:
     flush's version."""
 
     table: str
-    row_key: str  # row_key_text()
+    row_key: str  # canonical text (`_native.canonical_json`, as `_native.read_patch` writes keys)
     row_version: str | None
 
 
@@ -136,5 +130,5 @@ class CatchupRow:
     """A row recorded after a client's cookie: `row_version` None is a tombstone."""
 
     table: str
-    row_key: dict[str, Any]
+    row_key: str  # canonical text
     row_version: str | None

@@ -34,6 +34,7 @@ import trio
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from zcache import _native
 from zcache.cvr.model import (
     CatchupRow,
     CVRFlush,
@@ -42,7 +43,6 @@ from zcache.cvr.model import (
     DesireRecord,
     InstanceRecord,
     QueryRecord,
-    row_key_text,
 )
 from zcache.cvr.schema import cvr_schema, ensure_schema
 
@@ -146,7 +146,8 @@ class CVRStore:
         return await self._run(lambda conn: self._load(conn, group_id, granted_at_ms), retry_stale=True)
 
     def _load(self, conn: psycopg.Connection, group_id: str, granted_at_ms: float) -> CVRSnapshot:
-        with conn.transaction():
+        # One pipeline: the statements go out together, the first fetch waits for all of them.
+        with conn.pipeline(), conn.transaction():
             conn.execute(
                 self._q(
                     """UPDATE {s}.instances SET "owner" = %s, "grantedAt" = to_timestamp(%s / 1000.0)
@@ -154,83 +155,90 @@ class CVRStore:
                 ),
                 [self.owner, granted_at_ms, group_id, granted_at_ms],
             )
-            row = conn.execute(
+            instance_cur = conn.cursor().execute(
                 self._q(
                     """SELECT "version", extract(epoch FROM "lastActive") * 1000, "ttlClock", "replicaVersion",
                               "owner", extract(epoch FROM "grantedAt") * 1000, "clientSchema", "profileID", "deleted"
                        FROM {s}.instances WHERE "clientGroupID" = %s"""
                 ),
                 [group_id],
-            ).fetchone()
-            if row is None:
-                return CVRSnapshot(None)
-            instance = InstanceRecord(
-                group_id=group_id,
-                version=CVRVersion.parse(row[0]),
-                last_active_ms=float(row[1]),
-                ttl_clock_ms=float(row[2]),
-                replica_version=row[3],
-                owner=row[4],
-                granted_at_ms=_ms(row[5]),
-                client_schema=row[6],
-                profile_id=row[7],
-                deleted=bool(row[8]),
             )
-            clients = {
-                r[0] for r in conn.execute(self._q('SELECT "clientID" FROM {s}.clients WHERE "clientGroupID" = %s'), [group_id])
-            }
-            queries = {
-                r[0]: QueryRecord(
-                    hash=r[0],
-                    client_ast=r[1],
-                    name=r[2],
-                    args=r[3],
-                    internal=bool(r[4]),
-                    patch_version=_version(r[5]),
-                    transformation_hash=r[6],
-                    transformation_version=_version(r[7]),
-                    deleted=bool(r[8]),
-                )
-                for r in conn.execute(
-                    self._q(
-                        """SELECT "queryHash", "clientAST", "queryName", "queryArgs", "internal", "patchVersion",
-                                  "transformationHash", "transformationVersion", "deleted"
-                           FROM {s}.queries WHERE "clientGroupID" = %s"""
-                    ),
-                    [group_id],
-                )
-            }
-            desires = {
-                (r[0], r[1]): DesireRecord(
-                    client_id=r[0],
-                    query_hash=r[1],
-                    patch_version=CVRVersion.parse(r[2]),
-                    deleted=bool(r[3]),
-                    ttl_ms=_ms(r[4]),
-                    inactivated_at_ms=_ms(r[5]),
-                )
-                for r in conn.execute(
-                    self._q(
-                        """SELECT "clientID", "queryHash", "patchVersion", "deleted", "ttlMs", "inactivatedAtMs"
-                           FROM {s}.desires WHERE "clientGroupID" = %s"""
-                    ),
-                    [group_id],
-                )
-            }
-        return CVRSnapshot(instance, clients, queries, desires)
+            clients_cur = conn.cursor().execute(
+                self._q('SELECT "clientID" FROM {s}.clients WHERE "clientGroupID" = %s'), [group_id]
+            )
+            queries_cur = conn.cursor().execute(
+                self._q(
+                    """SELECT "queryHash", "clientAST", "queryName", "queryArgs", "internal", "patchVersion",
+                              "transformationHash", "transformationVersion", "deleted"
+                       FROM {s}.queries WHERE "clientGroupID" = %s"""
+                ),
+                [group_id],
+            )
+            desires_cur = conn.cursor().execute(
+                self._q(
+                    """SELECT "clientID", "queryHash", "patchVersion", "deleted", "ttlMs", "inactivatedAtMs"
+                       FROM {s}.desires WHERE "clientGroupID" = %s"""
+                ),
+                [group_id],
+            )
+            row = instance_cur.fetchone()
+            clients_rows = clients_cur.fetchall()
+            queries_rows = queries_cur.fetchall()
+            desires_rows = desires_cur.fetchall()
+        if row is None:
+            return CVRSnapshot(None)
+        instance = InstanceRecord(
+            group_id=group_id,
+            version=CVRVersion.parse(row[0]),
+            last_active_ms=float(row[1]),
+            ttl_clock_ms=float(row[2]),
+            replica_version=row[3],
+            owner=row[4],
+            granted_at_ms=_ms(row[5]),
+            client_schema=row[6],
+            profile_id=row[7],
+            deleted=bool(row[8]),
+        )
+        queries = {
+            r[0]: QueryRecord(
+                hash=r[0],
+                client_ast=r[1],
+                name=r[2],
+                args=r[3],
+                internal=bool(r[4]),
+                patch_version=_version(r[5]),
+                transformation_hash=r[6],
+                transformation_version=_version(r[7]),
+                deleted=bool(r[8]),
+            )
+            for r in queries_rows
+        }
+        desires = {
+            (r[0], r[1]): DesireRecord(
+                client_id=r[0],
+                query_hash=r[1],
+                patch_version=CVRVersion.parse(r[2]),
+                deleted=bool(r[3]),
+                ttl_ms=_ms(r[4]),
+                inactivated_at_ms=_ms(r[5]),
+            )
+            for r in desires_rows
+        }
+        return CVRSnapshot(instance, {r[0] for r in clients_rows}, queries, desires)
 
     async def row_versions(self, group_id: str) -> dict[tuple[str, str], str]:
         """Every row the group's clients have: (table, row key text) → row version."""
 
         def read(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
-            cur = conn.execute(
+            rows = conn.execute(
                 self._q(
-                    """SELECT "table", "rowKey", "rowVersion" FROM {s}.rows
+                    """SELECT "table", "rowKey"::text, "rowVersion" FROM {s}.rows
                        WHERE "clientGroupID" = %s AND "refCounts" IS NOT NULL"""
                 ),
                 [group_id],
-            )
-            return {(t, row_key_text(k)): v for t, k, v in cur}
+            ).fetchall()
+            keys = _native.canonical_json([k for _, k, _ in rows])
+            return {(t, k): v for (t, _, v), k in zip(rows, keys, strict=True)}
 
         return await self._run(read, retry_stale=True)
 
@@ -239,22 +247,23 @@ class CVRStore:
 
         def read(conn: psycopg.Connection) -> list[CatchupRow]:
             if since is None:
-                cur = conn.execute(
+                rows = conn.execute(
                     self._q(
-                        """SELECT "table", "rowKey", "rowVersion" FROM {s}.rows
+                        """SELECT "table", "rowKey"::text, "rowVersion" FROM {s}.rows
                            WHERE "clientGroupID" = %s AND "refCounts" IS NOT NULL"""
                     ),
                     [group_id],
-                )
-                return [CatchupRow(t, k, v) for t, k, v in cur]
-            cur = conn.execute(
-                self._q(
-                    """SELECT "table", "rowKey", CASE WHEN "refCounts" IS NULL THEN NULL ELSE "rowVersion" END
-                       FROM {s}.rows WHERE "clientGroupID" = %s AND "patchVersion" > %s"""
-                ),
-                [group_id, since.cookie],
-            )
-            return [CatchupRow(t, k, v) for t, k, v in cur]
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    self._q(
+                        """SELECT "table", "rowKey"::text, CASE WHEN "refCounts" IS NULL THEN NULL ELSE "rowVersion" END
+                           FROM {s}.rows WHERE "clientGroupID" = %s AND "patchVersion" > %s"""
+                    ),
+                    [group_id, since.cookie],
+                ).fetchall()
+            keys = _native.canonical_json([k for _, k, _ in rows])
+            return [CatchupRow(t, k, v) for (t, _, v), k in zip(rows, keys, strict=True)]
 
         return await self._run(read, retry_stale=True)
 
@@ -269,7 +278,9 @@ class CVRStore:
 
     def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
         rejected: set[str] = set()
-        with conn.transaction():
+        # Two round trips: the instance rows locked and read, then every write and the commit,
+        # sent together (pipeline mode).
+        with conn.pipeline(), conn.transaction():
             # A poke waits for its flush. Without waiting for the WAL to reach the disk, a crash
             # of Postgres itself (not of zcache) may lose the last flushes; clients whose cookie
             # is then ahead of their CVR are told so (InvalidConnectionRequestBaseCookie) and
@@ -439,7 +450,7 @@ class CVRStore:
                 self._q(
                     """INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
                        SELECT g, '', t, k::jsonb, v, p, %s
-                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS u(g, t, k, v, p)
+                       FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) AS u(g, t, k, v, p)
                        ON CONFLICT ("clientGroupID", "schema", "table", "rowKey") DO UPDATE SET
                          "rowVersion" = excluded."rowVersion", "patchVersion" = excluded."patchVersion",
                          "refCounts" = excluded."refCounts\""""
@@ -450,7 +461,7 @@ class CVRStore:
             cur.execute(
                 self._q(
                     """UPDATE {s}.rows AS r SET "patchVersion" = u.p, "refCounts" = NULL
-                       FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(g, t, k, p)
+                       FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS u(g, t, k, p)
                        WHERE r."clientGroupID" = u.g AND r."schema" = '' AND r."table" = u.t AND r."rowKey" = u.k::jsonb"""
                 ),
                 [del_groups, del_tables, del_keys, del_patch],

@@ -52,12 +52,11 @@ from zcache.cvr import (
     InstanceRecord,
     QueryRecord,
     RowChange,
-    row_key_text,
 )
 from zcache.cvr.store import now_ms
 from zcache.server.protocol import InitConnection, QueryClear, QueryDel, QueryPatchOp, QueryPut
 from zcache.view_syncer.client_schema import check_client_schema
-from zcache.view_syncer.poke import PokeContent, encode, poke_messages
+from zcache.view_syncer.poke import PokeContent, del_op, encode, poke_messages
 
 if TYPE_CHECKING:
     from zcache.mutations import PushContext
@@ -130,12 +129,18 @@ class Connection:
             return False
 
 
+# A patch as `_native.read_patch` reads it: (replica version, [(table, canonical key, row version
+# or None for a delete, encoded client op)], {query hash: error}).
+Patch = tuple[str, list[tuple[str, str, str | None, str]], dict[str, str]]
+
+
 @dataclass
 class GroupChange:
     """What one operation changed, before it has a version."""
 
     state_version: str | None = None  # the replica version its row changes reflect
-    rows: dict[tuple[str, str], tuple[dict[str, Any], str | None, dict[str, Any] | None]] = field(default_factory=dict)
+    # (table, canonical key) → (row version or None for a delete, encoded client op)
+    rows: dict[tuple[str, str], tuple[str | None, str]] = field(default_factory=dict)
     got: dict[str, str] = field(default_factory=dict)  # query hash → "put" | "del"
     desired: dict[tuple[str, str], str] = field(default_factory=dict)  # (client, hash) → "put" | "del"
     queries: set[str] = field(default_factory=set)  # query records to write
@@ -148,16 +153,13 @@ class GroupChange:
     def visible(self) -> bool:
         return bool(self.rows or self.got or self.desired)
 
-    def merge_patch(self, patch: dict[str, Any]) -> None:
+    def merge_patch(self, patch: Patch) -> None:
         """An engine patch's row ops; later ops of a row replace earlier ones."""
-        self.state_version = patch["version"]
-        for op in patch["ops"]:
-            key = op["rowKey"]
-            slot = (op["table"], row_key_text(key))
-            if op["op"] == "put":
-                self.rows[slot] = (key, op["rowVersion"], op["value"])
-            else:
-                self.rows[slot] = (key, None, None)
+        version, ops, _ = patch
+        self.state_version = version
+        rows = self.rows
+        for table, key, row_version, op in ops:
+            rows[(table, key)] = (row_version, op)
 
 
 @dataclass
@@ -295,9 +297,10 @@ class ClientGroup:
             if q.transformation_hash is not None and q.transformation_version is None:
                 q.transformation_version = new
         rows: list[RowChange] = []
-        for (table, key_text), (key, row_version, value) in change.rows.items():
+        tables = self._svc.shard_tables
+        for (table, key_text), (row_version, op) in change.rows.items():
             rows.append(RowChange(table, key_text, row_version))
-            content.row(self._svc.shard_tables, "put" if row_version is not None else "del", table, key, value)
+            content.row(tables, table, op, row_version is None)
         if self.replica_version is None or visible:
             self.replica_version = self._svc.replica_version
         flush = CVRFlush(
@@ -382,10 +385,10 @@ class ClientGroup:
         except (CVRStoreUnavailable, ConnectRefused):
             pass  # connections were failed already
 
-    def absorb(self, change: GroupChange, patch: dict[str, Any]) -> None:
+    def absorb(self, change: GroupChange, patch: Patch) -> None:
         """An engine patch into a change; queries the engine failed leave the got set."""
         change.merge_patch(patch)
-        for query_hash, message in patch["queryErrors"].items():
+        for query_hash, message in patch[2].items():
             log.warning("client group %s: query %s failed: %s", self.id, query_hash, message)
             self.engine_queries.pop(query_hash, None)
             q = self.queries.get(query_hash)
@@ -584,16 +587,17 @@ class ClientGroup:
                 content.got.append({"op": "del" if q.deleted else "put", "hash": query_hash})
         if self.stored_version is not None and (base is None or base < self.version):
             rows = await self._svc.store.catchup_rows(self.id, base)
-            puts = [(r.table, row_key_text(r.row_key)) for r in rows if r.row_version is not None]
-            values = await self._svc.fetch_rows(puts) if puts else {}
+            puts = [(r.table, r.row_key) for r in rows if r.row_version is not None]
+            current = await self._svc.fetch_rows(puts) if puts else {}
+            tables = self._svc.shard_tables
             for r in rows:
                 if r.row_version is None:
-                    content.row(self._svc.shard_tables, "del", r.table, r.row_key, None)
+                    content.row(tables, r.table, del_op(r.table, r.row_key), True)
                 else:
                     # A row deleted from the replica since is not sent: the next advance deletes it.
-                    found = values.get((r.table, row_key_text(r.row_key)))
-                    if found is not None:
-                        content.row(self._svc.shard_tables, "put", r.table, r.row_key, found)
+                    op = current.get((r.table, r.row_key))
+                    if op is not None:
+                        content.row(tables, r.table, op, False)
         return poke_messages(None if base is None else base.cookie, self.version.cookie, content)
 
     # --- queries ------------------------------------------------------------------------------
@@ -634,15 +638,15 @@ class ClientGroup:
         await self._add_queries(change, handle, got, results)
         # The group's version in the engine: the replica version every row below reflects.
         self.absorb(change, (await self._svc.engine_advance([self.id]))[self.id])
-        held = {slot for slot, (_, row_version, _) in change.rows.items() if row_version is not None}
+        held = {slot for slot, (row_version, _) in change.rows.items() if row_version is not None}
         recorded = await self._svc.store.row_versions(self.id) if self.stored_version is not None else {}
-        for slot, (_, row_version, _) in list(change.rows.items()):
+        for slot, (row_version, _) in list(change.rows.items()):
             if (row_version is not None and recorded.get(slot) == row_version) or (
                 row_version is None and slot not in recorded
             ):
                 del change.rows[slot]
         for slot in recorded.keys() - held:
-            change.rows[slot] = (json.loads(slot[1]), None, None)
+            change.rows[slot] = (None, del_op(*slot))
         await self.commit(change)
 
     async def sync_queries(self, handle: Connection, *, retransform: bool = False) -> None:

@@ -47,7 +47,7 @@ from zcache import _native
 from zcache.app_server.queries import QueryTransformer
 from zcache.auth.permissions import Permissions
 from zcache.config import ZeroConfig
-from zcache.cvr import CVRStore, CVRStoreUnavailable, row_key_text
+from zcache.cvr import CVRStore, CVRStoreUnavailable
 from zcache.cvr.schema import CVRSchemaError
 from zcache.cvr.store import now_ms
 from zcache.mutations import MutationService, PushContext, PushError
@@ -71,6 +71,7 @@ from zcache.view_syncer.group import (
     GroupChange,
     GroupRetired,
     Outgoing,
+    Patch,
     Prepared,
 )
 from zcache.view_syncer.inspect import answer_inspect
@@ -158,31 +159,30 @@ class ViewSyncerService:
         """The engine drops the group before its next call."""
         self._forgotten.append(group_id)
 
-    async def engine_add(self, group_id: str, adds: list[tuple[str, str]]) -> list[dict[str, Any] | str]:
+    async def engine_add(self, group_id: str, adds: list[tuple[str, str]]) -> list[Patch | str]:
         """Adds queries; per query its patch, or why the engine refused its AST."""
 
-        def call(engine: _native.QueryEngine) -> list[dict[str, Any] | str]:
-            out: list[dict[str, Any] | str] = []
+        def call(engine: _native.QueryEngine) -> list[Patch | str]:
+            out: list[Patch | str] = []
             for query_hash, ast_json in adds:
                 try:
-                    out.append(json.loads(engine.add_query(group_id, query_hash, ast_json)))
+                    out.append(_native.read_patch(engine.add_query(group_id, query_hash, ast_json)))
                 except _native.InvalidQueryError as e:
                     out.append(str(e))
             return out
 
         return await self._in_engine(call)
 
-    async def engine_remove(self, group_id: str, query_hash: str) -> dict[str, Any]:
-        patch: dict[str, Any] = await self._in_engine(lambda e: json.loads(e.remove_query(group_id, query_hash)))
-        return patch
+    async def engine_remove(self, group_id: str, query_hash: str) -> Patch:
+        return await self._in_engine(lambda e: _native.read_patch(e.remove_query(group_id, query_hash)))
 
-    async def engine_advance(self, group_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return await self._in_engine(lambda e: {g: json.loads(p) for g, p in e.advance(group_ids)})
+    async def engine_advance(self, group_ids: list[str]) -> dict[str, Patch]:
+        return await self._in_engine(lambda e: {g: _native.read_patch(p) for g, p in e.advance(group_ids)})
 
-    async def fetch_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Current row values by (table, row key text)."""
-        result = await self._in_engine(lambda e: json.loads(e.fetch_rows(keys)))
-        return {(r["table"], row_key_text(r["rowKey"])): r["value"] for r in result["rows"]}
+    async def fetch_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The current rows, by (table, canonical key): their encoded `put` ops."""
+        _, ops, _ = await self._in_engine(lambda e: _native.read_patch(e.fetch_rows(keys)))
+        return {(table, key): op for table, key, _, op in ops}
 
     async def query_row_counts(self, group_id: str, hashes: list[str]) -> dict[str, int]:
         return await self._in_engine(lambda e: {h: e.query_rows(group_id, h) for h in hashes})
@@ -200,7 +200,7 @@ class ViewSyncerService:
         """Reads the permissions row if it changed; True if it did."""
         table = f"{self.app_id}.permissions"
         result = await self._in_engine(lambda e: json.loads(e.fetch_rows([(table, '{"lock":true}')])))
-        row = result["rows"][0] if result["rows"] else None
+        row = result["ops"][0] if result["ops"] else None
         version = None if row is None else row["rowVersion"]
         if version == self._permissions_version:
             return False
