@@ -1,18 +1,31 @@
-"""Fixtures of the write-path tests: an upstream database with a small app schema and the
-shard objects zcache creates (`zero_0.clients`, `zero_0.mutations`, `zero.permissions`,
-publications), as the replicator would leave it."""
+"""Fixtures of the write-path tests.
+
+* `upstream`: a database with a small app schema and the shard objects zcache creates
+  (`zero_0.clients`, `zero_0.mutations`, `zero.permissions`, publications), as the
+  replicator would leave it.
+* `app`: the conformance harness's real app server (`@rocicorp/zero/server` under Node 22) on
+  a database seeded like the capture's, with the shard objects.
+* `connect()` builds a `PushContext` that records what the write path sends the connection.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import trio
 from psycopg.rows import TupleRow
 
+from tests.fixtures.app_server import AppServer, AppServerInstall, load_seed, run_app_server
+from zcache.app_server.http import HttpClient
 from zcache.change_source.upstream import ShardId, setup_shard
+from zcache.config import ZeroConfig, load_config
+from zcache.mutations import MutationService, PushContext
 
 SHARD = ShardId("zero", 0)
 
@@ -56,3 +69,111 @@ def upstream(pg_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
         conn.execute(APP_SCHEMA)
         setup_shard(conn, SHARD, [])
         yield conn
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Stands in for `zcache.auth.AuthData` (same fields) in these tests."""
+
+    token: str | None
+    user_id: str | None
+    claims: dict[str, Any] | None
+
+
+@dataclass
+class Client:
+    """One connection as the write path sees it, with what it was sent."""
+
+    ctx: PushContext
+    errors: list[dict[str, Any]] = field(default_factory=list)  # non-fatal `error` messages
+    failures: list[dict[str, Any]] = field(default_factory=list)  # `error` + close
+
+    @property
+    def client_id(self) -> str:
+        return self.ctx.client_id
+
+
+def connect(
+    client_id: str,
+    *,
+    group: str = "group1",
+    user: str | None = "u1",
+    token: str | None = "user:u1",
+    claims: dict[str, Any] | None = None,
+    push_url: str | None = None,
+) -> Client:
+    errors: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+
+    async def send_error(body: dict[str, Any]) -> None:
+        errors.append(body)
+
+    async def fail(body: dict[str, Any]) -> None:
+        failures.append(body)
+
+    ctx = PushContext(
+        client_group_id=group,
+        client_id=client_id,
+        auth=Auth(token, user, claims),  # type: ignore[arg-type]
+        user_push_url=push_url,
+        client_headers={},
+        request_headers={},
+        cookie=None,
+        origin=None,
+        send_error=send_error,
+        fail=fail,
+    )
+    return Client(ctx, errors, failures)
+
+
+def custom(client_id: str, mid: int, name: str, arg: Any) -> dict[str, Any]:
+    return {"type": "custom", "id": mid, "clientID": client_id, "name": name, "timestamp": 1795610186710, "args": [arg]}
+
+
+def push_body(group: str, *mutations: dict[str, Any], request_id: str = "req-1") -> dict[str, Any]:
+    return {
+        "timestamp": 1795610186712,
+        "clientGroupID": group,
+        "mutations": list(mutations),
+        "pushVersion": 1,
+        "requestID": request_id,
+    }
+
+
+def zero_config(upstream_dsn: str, mutate_urls: Sequence[str], **env: str) -> ZeroConfig:
+    environ = {"ZERO_UPSTREAM_DB": upstream_dsn, **{f"ZERO_{k.upper()}": v for k, v in env.items()}}
+    if mutate_urls:
+        environ["ZERO_MUTATE_URL"] = ",".join(mutate_urls)
+    return load_config([], environ)
+
+
+@pytest.fixture
+def app(app_server_install: AppServerInstall, pg_dsn: str, tmp_path: Path) -> Iterator[AppServer]:
+    """The harness's real app server (`@rocicorp/zero/server`) on a seeded database whose
+    shard objects (`zero_0.clients`, `zero_0.mutations`) zcache set up."""
+    load_seed(pg_dsn, app_server_install.harness)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        setup_shard(conn, SHARD, [])
+    with run_app_server(app_server_install, pg_dsn, tmp_path / "app-server") as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def start_service(nursery: trio.Nursery, config: ZeroConfig, http: HttpClient, **kwargs: Any) -> MutationService:
+    service = MutationService(config, http=http, upstream_dsn=config.upstream.db or "", **kwargs)
+    started: MutationService = await nursery.start(service.run)
+    return started
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.02)
