@@ -5,13 +5,20 @@
   replicator would leave it.
 * `app`: the conformance harness's real app server (`@rocicorp/zero/server` under Node 22) on
   a database seeded like the capture's, with the shard objects.
+* `tldraw`: tldraw's schema (zcache's migrations) with three users, and tldraw's app server
+  (`tests/apps/tldraw/`: its mutators on `@rocicorp/zero/server`).
 * `connect()` builds a `PushContext` that records what the write path sends the connection.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +26,15 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 
 from tests.fixtures.app_server import AppServer, AppServerInstall, load_seed, run_app_server
+from tests.fixtures.http_server import free_port
 from zcache.app_server.http import HttpClient
 from zcache.change_source.upstream import ShardId, setup_shard
 from zcache.config import ZeroConfig, load_config
+from zcache.migrations import migrate
 from zcache.mutations import MutationService, PushContext
 
 SHARD = ShardId("zero", 0)
@@ -177,3 +187,71 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> 
     with trio.fail_after(timeout_s):
         while not predicate():
             await trio.sleep(0.02)
+
+
+TLDRAW_APP = Path(__file__).resolve().parents[1] / "apps" / "tldraw"
+TLDRAW_USERS = ("alice", "bob", "carol")
+
+
+@dataclass(frozen=True)
+class TldrawApp:
+    url: str
+    upstream_dsn: str
+
+    @property
+    def mutate_url(self) -> str:
+        return f"{self.url}/mutate"
+
+
+@contextmanager
+def run_tldraw_app(install: AppServerInstall, upstream_dsn: str, workdir: Path) -> Iterator[TldrawApp]:
+    """`tests/apps/tldraw/server.mjs` (tldraw's mutators on `@rocicorp/zero/server`) under
+    Node 22 against `upstream_dsn`, until the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for script in TLDRAW_APP.glob("*.mjs"):
+        shutil.copy(script, workdir / script.name)
+    (workdir / "node_modules").symlink_to(install.node_modules, target_is_directory=True)
+    port = free_port()
+    env = {**os.environ, "APP_PORT": str(port), "UPSTREAM_DB": _postgres_url(upstream_dsn)}
+    log_path = workdir / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(install.node), "server.mjs"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "listening" not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the tldraw app server did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
+        yield TldrawApp(f"http://127.0.0.1:{port}", upstream_dsn)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _postgres_url(dsn: str) -> str:
+    """postgres.js wants a URL; the pg fixtures hand out key=value connection strings."""
+    params = conninfo_to_dict(dsn)
+    password = f":{params['password']}" if params.get("password") else ""
+    return f"postgres://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{params['dbname']}"
+
+
+@pytest.fixture
+def tldraw(app_server_install: AppServerInstall, pg_dsn: str, tmp_path: Path) -> Iterator[TldrawApp]:
+    """The tldraw schema (zcache's migrations), users alice, bob and carol, the shard objects
+    (publishing `zero_data` as tldraw does), and the tldraw app server."""
+    migrate(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for name in TLDRAW_USERS:
+            conn.execute(
+                """INSERT INTO "user" (id, name, email, avatar, color, "exportFormat", "exportTheme",
+                                       "exportBackground", "exportPadding", "createdAt", "updatedAt", flags)
+                   VALUES (%s, %s, %s, '', 'red', 'png', 'auto', true, true, 0, 0, '')""",
+                [name, name.title(), f"{name}@example.com"],
+            )
+        setup_shard(conn, SHARD, ["zero_data"])
+    with run_tldraw_app(app_server_install, pg_dsn, tmp_path / "tldraw") as server:
+        yield server
