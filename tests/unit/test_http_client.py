@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 
-from tests.fixtures.http_server import Reply, Request, TestHttpServer, free_port
+from tests.fixtures.http_server import Reply, Request, TestHttpServer, TlsCertificate, free_port
 from zcache.app_server.http import HttpClient, HttpError, HttpTimeout
 
 pytestmark = pytest.mark.unit
@@ -157,12 +157,32 @@ async def test_pool_bound_serialises_requests(http_server: TestHttpServer) -> No
     assert len({r.peer_port for r in http_server.requests}) <= 2
 
 
-async def test_https_requires_a_trusted_certificate(http_server: TestHttpServer) -> None:
-    """https goes through TLS with certificate checks: a plain-HTTP port fails the handshake."""
+async def test_https_to_a_plain_http_port_fails_the_handshake(http_server: TestHttpServer) -> None:
     client = HttpClient()
     try:
         with pytest.raises(HttpError, match="TLS handshake failed"):
             await client.request("GET", f"https://127.0.0.1:{http_server.port}/", timeout_s=5)
+    finally:
+        await client.aclose()
+
+
+async def test_https_keep_alive_with_a_trusted_certificate(https_server: TestHttpServer, tls_certificate: TlsCertificate) -> None:
+    https_server.route("/q", Reply(chunks=(b"secure", b"-body")))
+    client = HttpClient(ssl_context=tls_certificate.client_context)
+    try:
+        for _ in range(2):
+            response = await client.request("POST", https_server.url("/q"), body=b"x", timeout_s=5)
+            assert (response.status, response.body) == (200, b"secure-body")
+    finally:
+        await client.aclose()
+    assert len({r.peer_port for r in https_server.requests}) == 1
+
+
+async def test_https_refuses_an_untrusted_certificate(https_server: TestHttpServer) -> None:
+    client = HttpClient()  # the system's trust store does not know the test certificate
+    try:
+        with pytest.raises(HttpError, match="TLS handshake failed.*CERTIFICATE_VERIFY_FAILED"):
+            await client.request("GET", https_server.url("/"), timeout_s=5)
     finally:
         await client.aclose()
 

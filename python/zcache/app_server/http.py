@@ -282,7 +282,9 @@ class HttpClient:
                 await tls.do_handshake()
             except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                 await trio.aclose_forcefully(tcp)
-                raise HttpError(f"{method} {target.display}: TLS handshake failed: {exc}") from None
+                # trio wraps the ssl error (the useful part) as the cause of BrokenResourceError.
+                detail = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+                raise HttpError(f"{method} {target.display}: TLS handshake failed: {detail}") from None
             except BaseException:
                 await trio.aclose_forcefully(tcp)
                 raise
