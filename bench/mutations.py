@@ -58,6 +58,7 @@ from bench.replication import background_cores, wait_for_quiet  # noqa: E402
 from tests.fixtures.app_server import AppServerInstall, install_app_server, load_seed, run_app_server  # noqa: E402
 from tests.fixtures.http_server import free_port  # noqa: E402
 from zcache.app_server.http import HttpClient  # noqa: E402
+from zcache.auth import AuthData  # noqa: E402
 from zcache.change_source.upstream import ShardId, setup_shard  # noqa: E402
 from zcache.config import load_config  # noqa: E402
 from zcache.embedded_pg import EmbeddedPostgres  # noqa: E402
@@ -196,7 +197,7 @@ class Zcache:
         ctx = PushContext(
             client_group_id=group,
             client_id=client_id,
-            auth=_Auth("user:u1", "u1", None),  # type: ignore[arg-type]
+            auth=AuthData("user:u1", "u1", None),
             user_push_url=None,
             client_headers={},
             request_headers={},
@@ -210,13 +211,6 @@ class Zcache:
             await self._service.push(ctx, push_body(group, client_id, mid, f"b{index}"))
 
         return push
-
-
-@dataclass(frozen=True)
-class _Auth:
-    token: str | None
-    user_id: str | None
-    claims: dict[str, Any] | None
 
 
 class ZeroCache:

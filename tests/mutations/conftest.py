@@ -32,6 +32,7 @@ from psycopg.rows import TupleRow
 from tests.fixtures.app_server import AppServer, AppServerInstall, load_seed, run_app_server
 from tests.fixtures.http_server import free_port
 from zcache.app_server.http import HttpClient
+from zcache.auth import AuthData
 from zcache.change_source.upstream import ShardId, setup_shard
 from zcache.config import ZeroConfig, load_config
 from zcache.migrations import migrate
@@ -81,15 +82,6 @@ def upstream(pg_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
         yield conn
 
 
-@dataclass(frozen=True)
-class Auth:
-    """Stands in for `zcache.auth.AuthData` (same fields) in these tests."""
-
-    token: str | None
-    user_id: str | None
-    claims: dict[str, Any] | None
-
-
 @dataclass
 class Client:
     """One connection as the write path sees it, with what it was sent."""
@@ -124,7 +116,7 @@ def connect(
     ctx = PushContext(
         client_group_id=group,
         client_id=client_id,
-        auth=Auth(token, user, claims),  # type: ignore[arg-type]
+        auth=AuthData(token, user, claims),
         user_push_url=push_url,
         client_headers={},
         request_headers={},

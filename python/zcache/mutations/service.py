@@ -8,12 +8,13 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from zcache.app_server.api import ApiCallFailed, ApiServer, ApiUrlNotAllowed
 from zcache.app_server.http import HttpClient
+from zcache.auth import AuthData
 from zcache.change_source.upstream import ShardId
 from zcache.config import ZeroConfig
 from zcache.mutations.crud import CrudExecutor
@@ -21,9 +22,6 @@ from zcache.mutations.errors import PushError, basic_error, invalid_push, mutati
 from zcache.mutations.rate_limit import MutationLimiter
 from zcache.mutations.responses import PushOutcome, failed_push, interpret
 from zcache.mutations.stats import MutationCounters, MutationStatistics
-
-if TYPE_CHECKING:
-    from zcache.auth import AuthData
 
 log = logging.getLogger("zcache.mutations")
 
