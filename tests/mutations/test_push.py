@@ -311,3 +311,17 @@ async def test_garbage_answer_fails_the_push_with_parse(
     # Each connection's pushes go in their own request, one after the other.
     bodies = [json.loads(r.body) for r in http_server.recorded("/mutate")]
     assert [[m["clientID"] for m in body["mutations"]] for body in bodies] == [["ca"], ["cb"]]
+
+
+async def test_cleanup_failures_are_counted_not_raised(
+    http_server: TestHttpServer, http: HttpClient, nursery: trio.Nursery, pg_dsn: str
+) -> None:
+    http_server.route("/mutate", Reply(503, b"down"))
+    service = await start_service(nursery, zero_config(pg_dsn, [http_server.url("/mutate")]), http)
+    client = connect("client1")
+    await service.ack_mutation_responses(client.ctx, "client1", 3)
+    await service.delete_clients(client.ctx, [])  # nothing to clean: no request
+    assert len(http_server.recorded("/mutate")) == 4  # retried like any push
+    stats = service.statistics()
+    assert (stats.cleanups_sent, stats.cleanups_failed) == (1, 1)
+    assert client.failures == [] and client.errors == []
