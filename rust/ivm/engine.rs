@@ -1584,6 +1584,8 @@ fn _assert_send() {
     is_send::<QueryEngine>();
 }
 
+mod fetch;
+
 #[cfg(test)]
 mod tests;
 
