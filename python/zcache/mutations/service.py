@@ -428,6 +428,15 @@ class _GroupPusher:
             await _deliver(target.fail, body, target)
 
 
+_MUTATION_FIELDS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("id", "integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    ("clientID", "string", lambda v: isinstance(v, str)),
+    ("name", "string", lambda v: isinstance(v, str)),
+    ("args", "array", lambda v: isinstance(v, list)),
+    ("timestamp", "number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+)
+
+
 def _checked_mutations(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The push's mutations, checked against §6.1 (zero-cache rejects a push that does not
     parse as an `InvalidMessage`; the app server would answer one with a PushFailed naming no
@@ -445,13 +454,7 @@ def _checked_mutations(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise invalid(f"mutations.{i}", "object", m)
         if m.get("type") not in ("custom", "crud"):
             raise invalid(f"mutations.{i}.type", '"custom" or "crud"', m.get("type"))
-        for name, expected, ok in (
-            ("id", "integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-            ("clientID", "string", lambda v: isinstance(v, str)),
-            ("name", "string", lambda v: isinstance(v, str)),
-            ("args", "array", lambda v: isinstance(v, list)),
-            ("timestamp", "number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
-        ):
+        for name, expected, ok in _MUTATION_FIELDS:
             if not ok(m.get(name)):
                 raise invalid(f"mutations.{i}.{name}", expected, m.get(name))
     return mutations
