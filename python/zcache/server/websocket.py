@@ -205,7 +205,9 @@ class ServerWebSocket:
             return
         self._mark_closed(WebSocketClosed(code or 1005, reason))
         status = CloseReason.NO_STATUS_RCVD if code is None else code
-        await self._send_quietly(CloseConnection(code=status, reason=reason or None))
+        # A peer that reads nothing would block the close frame forever.
+        with trio.move_on_at(self._close_deadline):
+            await self._send_quietly(CloseConnection(code=status, reason=reason or None))
 
     async def close(self, code: int | None, reason: str = "") -> None:
         """Send a close frame (`None`: without status code), wait a bounded time for the peer's
