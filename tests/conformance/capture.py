@@ -61,7 +61,8 @@ class CaptureRun:
     def outcome(self, scenario: str) -> str:
         """`ok`, or the driver's failure text."""
         name = SCENARIOS[scenario]
-        match = re.search(rf"== {re.escape(name)} -> .*\n   (ok|FAILED: [^\n]*)", self.stdout)
+        # The app server and the client may log lines (e.g. an app error) before the verdict.
+        match = re.search(rf"== {re.escape(name)} -> [^\n]*\n(?:(?!== )[^\n]*\n)*?   (ok|FAILED: [^\n]*)", self.stdout)
         return match.group(1) if match else "not run"
 
     def explain(self) -> str:

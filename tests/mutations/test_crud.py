@@ -12,7 +12,18 @@ import pytest
 import trio
 from psycopg.rows import TupleRow
 
-from tests.mutations.conftest import ALLOW, SHARD, allow_all, last_mutation_ids, set_permissions
+from tests.mutations.conftest import (
+    ALLOW,
+    SHARD,
+    allow_all,
+    connect,
+    last_mutation_ids,
+    push_body,
+    set_permissions,
+    start_service,
+    zero_config,
+)
+from zcache.app_server.http import HttpClient
 from zcache.mutations.crud import CrudExecutor
 from zcache.mutations.errors import PushError
 
@@ -243,3 +254,62 @@ async def test_concurrent_writers_serialize_and_every_mutation_applies_once(exec
         nursery.start_soon(writer, "cb")
     assert last_mutation_ids(upstream) == {"ca": per_client, "cb": per_client}
     assert files(upstream)["f1"][0] in (f"ca-{per_client}", f"cb-{per_client}")
+
+
+# --- through MutationService: what the connection sees -----------------------------------
+
+
+async def test_crud_push_through_the_service(upstream: Conn, http: HttpClient, nursery: trio.Nursery) -> None:
+    set_permissions(upstream, allow_all("file"))
+    service = await start_service(nursery, zero_config(upstream.info.dsn, []), http)
+    client = connect("c1", token=None, user=None)  # logged out: CRUD is allowed
+    rename = crud("c1", 1, op("update", "file", {"id": "f3", "name": "gamma-crud"}))
+    await service.push(client.ctx, push_body("group1", rename))
+    assert files(upstream)["f3"] == ("gamma-crud", "u2")
+    await service.push(client.ctx, push_body("group1", rename))  # a replay changes nothing
+    bad = crud("c1", 2, op("insert", "file", {"id": "f1", "name": "dup", "owner_id": "u1"}))
+    await service.push(client.ctx, push_body("group1", bad))
+    assert client.errors == [
+        {"kind": "MutationFailed", "message": client.errors[0]["message"], "origin": "zeroCache"}
+    ]
+    assert client.errors[0]["message"].startswith("Error: Row already exists in file")
+    with pytest.raises(PushError) as gap:
+        await service.push(client.ctx, push_body("group1", crud("c1", 5, op("delete", "file", {"id": "f1"}))))
+    assert gap.value.body["kind"] == "InvalidPush"
+    assert last_mutation_ids(upstream) == {"c1": 2}
+    stats = service.statistics()
+    assert (stats.crud_applied, stats.crud_failed, stats.already_processed, stats.out_of_order) == (1, 1, 1, 1)
+    assert stats.crud_latency.count == 4
+    assert client.failures == []
+
+
+async def test_crud_refused_for_opaque_tokens_and_when_disabled(upstream: Conn, http: HttpClient, nursery: trio.Nursery) -> None:
+    set_permissions(upstream, allow_all("file"))
+    rename = push_body("group1", crud("c1", 1, op("update", "file", {"id": "f3", "name": "x"})))
+    service = await start_service(nursery, zero_config(upstream.info.dsn, []), http)
+    with pytest.raises(PushError) as opaque:
+        await service.push(connect("c1", token="user:u1", claims=None).ctx, rename)
+    assert opaque.value.body == {"kind": "Internal", "message": "Only JWT auth is supported for CRUD mutations", "origin": "zeroCache"}
+    await service.push(connect("c1", token="a.jwt.token", claims=U1).ctx, rename)  # a JWT connection may
+    assert files(upstream)["f3"][0] == "x"
+
+    disabled = await start_service(nursery, zero_config(upstream.info.dsn, [], enable_crud_mutations="false"), http)
+    with pytest.raises(PushError) as off:
+        await disabled.push(connect("c2", token=None, user=None).ctx, rename)
+    assert off.value.body == {"kind": "InvalidPush", "message": "Support for legacy CRUD mutations is disabled", "origin": "zeroCache"}
+    mixed = push_body("group1", crud("c1", 2, op("delete", "file", {"id": "f3"})), {"type": "custom", "id": 3, "clientID": "c1", "name": "x", "args": [], "timestamp": 1})
+    with pytest.raises(PushError):
+        await service.push(connect("c1", token=None, user=None).ctx, mixed)
+
+
+async def test_per_user_rate_limit(upstream: Conn, http: HttpClient, nursery: trio.Nursery) -> None:
+    set_permissions(upstream, allow_all("file"))
+    config = zero_config(upstream.info.dsn, [], per_user_mutation_limit_max="2", per_user_mutation_limit_window_ms="60000")
+    service = await start_service(nursery, config, http)
+    client = connect("c1", token="jwt", claims=U1)
+    for mid in (1, 2, 3):
+        await service.push(client.ctx, push_body("group1", crud("c1", mid, op("update", "file", {"id": "f1", "name": f"v{mid}"}))))
+    assert client.errors == [{"kind": "MutationRateLimited", "message": "Rate limit exceeded", "origin": "zeroCache"}]
+    assert last_mutation_ids(upstream) == {"c1": 2}
+    assert files(upstream)["f1"][0] == "v2"
+    assert service.statistics().crud_rate_limited == 1

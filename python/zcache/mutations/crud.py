@@ -109,6 +109,7 @@ class CrudExecutor:
         self._authorizer = WriteAuthorizer(shard.app_schema)
         self._idle: list[psycopg.Connection[Any]] = []
         self._idle_lock = threading.Lock()
+        self._closed = False
         self._bump = sql.SQL(
             """
             INSERT INTO {} AS current ("clientGroupID", "clientID", "lastMutationID")
@@ -125,7 +126,9 @@ class CrudExecutor:
         return await trio.to_thread.run_sync(self._apply_sync, client_group_id, mutation, ops, claims, limiter=self._limiter)
 
     def close(self) -> None:
+        """Closes the pooled connections; those in use close when their mutation ends."""
         with self._idle_lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
@@ -270,7 +273,10 @@ class CrudExecutor:
             conn.close()
             return
         with self._idle_lock:
-            self._idle.append(conn)
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
 
 
 def parse_ops(mutation: Mapping[str, Any]) -> list[_Op] | CrudOpError:

@@ -8,12 +8,13 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from zcache.app_server.api import ApiCallFailed, ApiServer, ApiUrlNotAllowed
 from zcache.app_server.http import HttpClient
+from zcache.auth import AuthData
 from zcache.change_source.upstream import ShardId
 from zcache.config import ZeroConfig
 from zcache.mutations.crud import CrudExecutor
@@ -21,9 +22,6 @@ from zcache.mutations.errors import PushError, basic_error, invalid_push, mutati
 from zcache.mutations.rate_limit import MutationLimiter
 from zcache.mutations.responses import PushOutcome, failed_push, interpret
 from zcache.mutations.stats import MutationCounters, MutationStatistics
-
-if TYPE_CHECKING:
-    from zcache.auth import AuthData
 
 log = logging.getLogger("zcache.mutations")
 
@@ -145,7 +143,7 @@ class MutationService:
                     f'clientGroupID of connection "{conn.client_group_id}'
                 )
             )
-        mutations = body["mutations"]
+        mutations = _checked_mutations(body)
         if not mutations:
             return
         if mutations[0]["type"] == "custom":
@@ -428,6 +426,38 @@ class _GroupPusher:
                 continue
             self._failed.add(target)
             await _deliver(target.fail, body, target)
+
+
+_MUTATION_FIELDS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("id", "integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    ("clientID", "string", lambda v: isinstance(v, str)),
+    ("name", "string", lambda v: isinstance(v, str)),
+    ("args", "array", lambda v: isinstance(v, list)),
+    ("timestamp", "number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+)
+
+
+def _checked_mutations(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The push's mutations, checked against §6.1 (zero-cache rejects a push that does not
+    parse as an `InvalidMessage`; the app server would answer one with a PushFailed naming no
+    mutation, which would leave the client waiting)."""
+
+    def invalid(path: str, expected: str, value: Any) -> PushError:
+        got = json.dumps(value) if not isinstance(value, dict | list) else type(value).__name__
+        return PushError(basic_error("InvalidMessage", f"Expected {expected} at {path}. Got {got}"))
+
+    mutations = body.get("mutations")
+    if not isinstance(mutations, list):
+        raise invalid("mutations", "array", mutations)
+    for i, m in enumerate(mutations):
+        if not isinstance(m, dict):
+            raise invalid(f"mutations.{i}", "object", m)
+        if m.get("type") not in ("custom", "crud"):
+            raise invalid(f"mutations.{i}.type", '"custom" or "crud"', m.get("type"))
+        for name, expected, ok in _MUTATION_FIELDS:
+            if not ok(m.get(name)):
+                raise invalid(f"mutations.{i}.{name}", expected, m.get(name))
+    return mutations
 
 
 def _combine(entries: list[_Entry]) -> list[_Batch]:
