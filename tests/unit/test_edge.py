@@ -62,6 +62,19 @@ async def test_http_routes(nursery: trio.Nursery) -> None:
     assert (await http_get(edge.port, "/keepalive"))[0] == 503
 
 
+async def test_keepalive_heartbeats_stop_the_server_once_they_stop(nursery: trio.Nursery) -> None:
+    stopped = trio.Event()
+    edge = await run_edge(nursery, keepalive_timeout_s=0.4, on_heartbeats_stopped=stopped.set)
+    await trio.sleep(0.6)
+    assert not stopped.is_set()  # opt-in: nothing before the first heartbeat
+    for _ in range(4):
+        assert (await http_get(edge.port, "/keepalive"))[0] == 200
+        await trio.sleep(0.15)
+    assert not stopped.is_set()
+    with trio.fail_after(3):
+        await stopped.wait()
+
+
 async def test_handshake_echoes_the_subprotocol_and_serves_the_piggy_backed_init(nursery: trio.Nursery) -> None:
     edge = await run_edge(nursery)
     proto = subprotocol(INIT, "user:u1")

@@ -126,6 +126,8 @@ async def serve(
                 port=config.port,
                 max_message_bytes=config.websocket_max_payload_bytes,
                 ready=view_syncers.ready,
+                keepalive_timeout_s=None if config.keepalive_timeout_ms is None else config.keepalive_timeout_ms / 1000,
+                on_heartbeats_stopped=lambda: nursery.start_soon(shutdown.stop),
             )
             shutdown.graceful.append(listener.shutdown)
             port = await nursery.start(listener.run)
