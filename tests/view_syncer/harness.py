@@ -7,8 +7,8 @@ grow, `pokePart`/`pokeEnd` name the open poke). `Harness.expected_view` runs a c
 queries directly on Postgres: the oracle the view must equal.
 
 The queries are legacy ASTs over the capture harness's tables (`user`, `file`), each mapped to
-the SQL that computes the rows it syncs. Until the auth branch's `Permissions` is merged, legacy
-queries run with `AllowAll` read permissions.
+the SQL that computes the rows it syncs. They run under the real legacy permissions: the harness
+deploys rules that let every row be read (`ALLOW_ALL`, as transcript 05's driver does).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import trio.testing
 from zcache.auth import AuthData
 from zcache.config import ZeroConfig, load_config
 from zcache.replica.replicator import Replicator
+from zcache.server.connection import ClientGone
 from zcache.server.protocol import (
     ConnectParams,
     InitConnection,
@@ -111,11 +112,8 @@ def user(uid: str) -> Query:
     return Query(f"user-{uid}", {"table": "user", "where": eq("id", uid)}, (("user", f"SELECT id, name FROM \"user\" WHERE id = '{uid}'"),))
 
 
-class AllowAll:
-    """Read permissions that let every row through (stands in for `Permissions` until merged)."""
-
-    def bind_read(self, ast: dict[str, Any], auth: AuthData) -> dict[str, Any]:
-        return ast
+_ANYONE = [["allow", {"type": "and", "conditions": []}]]
+ALLOW_ALL = {"tables": {t: {"row": {"select": _ANYONE}} for t in ("file", "user")}}
 
 
 class PokeRuleBroken(AssertionError):
@@ -218,7 +216,7 @@ class FakeClient:
 
     async def send_many(self, messages: Any) -> None:
         if self.closed:
-            raise ConnectionError("closed")
+            raise ClientGone
         for raw in messages:
             message = json.loads(raw) if isinstance(raw, (str, bytes)) else list(raw)
             self.messages.append(message)
@@ -339,34 +337,39 @@ class Harness:
         self.config = cfg
         self.cvr_dsn = cvr_dsn
         self.service: ViewSyncerService | None = None
-        self._service_scope: trio.CancelScope | None = None
+        self._nurseries: dict[int, trio.Nursery] = {}
 
     async def start_service(self, **kw: Any) -> ViewSyncerService:
-        kw.setdefault("permissions_loader", lambda path: AllowAll())
+        """Starts a ViewSyncerService (another process, as far as the CVR store can tell) in a
+        nursery of its own that its client sessions share; the latest one is where `connect`
+        goes by default."""
         kw.setdefault("transformer", None)
         kw.setdefault("mutations", None)
-        service = ViewSyncerService(self.config, replicator=self.replicator, cvr_dsn=self.cvr_dsn, **kw)
-        scope = trio.CancelScope()
+        kw.setdefault("cvr_dsn", self.cvr_dsn)
+        service = ViewSyncerService(self.config, replicator=self.replicator, **kw)
 
-        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope:
-                await service.run(task_status=task_status)
+        async def run(task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED) -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                task_status.started(nursery)
 
-        await self.nursery.start(run)
-        self.service, self._service_scope = service, scope
+        self._nurseries[id(service)] = await self.nursery.start(run)
+        self.service = service
         return service
 
-    def stop_service(self) -> None:
-        """As a crash: the service's tasks are cancelled, nothing is flushed on the way out."""
-        assert self._service_scope is not None
-        self._service_scope.cancel()
-        self.service, self._service_scope = None, None
+    def stop_service(self, service: ViewSyncerService | None = None) -> None:
+        """As a crash: the service and its connections are cancelled where they are."""
+        service = service or self.service
+        assert service is not None
+        self._nurseries.pop(id(service)).cancel_scope.cancel()
+        if service is self.service:
+            self.service = None
 
-    async def connect(self, client: FakeClient, init: InitConnection) -> Session:
-        assert self.service is not None
+    async def connect(self, client: FakeClient, init: InitConnection, service: ViewSyncerService | None = None) -> Session:
+        service = service or self.service
+        assert service is not None
         send, receive = trio.open_memory_channel[UpstreamMessage](16)
         done = trio.Event()
-        service = self.service
 
         async def serve() -> None:
             try:
@@ -375,7 +378,7 @@ class Harness:
                 client.closed = True
                 done.set()
 
-        self.nursery.start_soon(serve)
+        self._nurseries[id(service)].start_soon(serve)
         return Session(client, send, done)
 
     async def caught_up(self) -> str:
@@ -419,6 +422,7 @@ async def running(upstream_dsn: str, tmp_path: Path, *, cvr_dsn: str | None = No
         cfg = config(upstream_dsn, tmp_path / "replica.db", **env)
         async with trio.open_nursery() as nursery:
             replicator = await nursery.start(Replicator(cfg).run)
+            conn.execute("UPDATE zero.permissions SET permissions = %s", [json.dumps(ALLOW_ALL)])
             harness = Harness(nursery, conn, replicator, cfg, cvr_dsn or upstream_dsn)
             yield harness
             nursery.cancel_scope.cancel()

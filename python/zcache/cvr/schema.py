@@ -1,9 +1,9 @@
 """The CVR tables in Postgres: schema ``"<appID>_<shardNum>/cvr"``, the tables and columns of
-zero-cache's (so operators recognise them), created idempotently at start.
+zero-cache's (so operators recognise them), created at start unless they exist.
 
 zcache's own schema history is recorded in ``versionHistory`` (one row, as zero-cache keeps it);
-version 1 is this layout. Every statement is ``IF NOT EXISTS``, so a second zcache starting at
-the same time, or a restart, changes nothing.
+version 1 is this layout. Creation is serialised by an advisory lock, so a second zcache starting
+at the same time, or a restart, changes nothing.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ def cvr_schema(app_id: str, shard_num: int) -> str:
     return f"{app_id}_{shard_num}/cvr"
 
 
+# One statement (a CREATE SCHEMA with its elements): DDL event triggers of an upstream database
+# (zero-cache's and zcache's own) then run once, not once per table and index.
 _DDL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-
-CREATE TABLE IF NOT EXISTS {schema}."versionHistory" (
+CREATE SCHEMA {schema}
+CREATE TABLE "versionHistory" (
     "dataVersion"    INT NOT NULL,
     "schemaVersion"  INT NOT NULL,
     "minSafeVersion" INT NOT NULL,
     "lock"           BOOL PRIMARY KEY DEFAULT true CHECK ("lock")
-);
-
-CREATE TABLE IF NOT EXISTS {schema}.instances (
+)
+CREATE TABLE instances (
     "clientGroupID"  TEXT PRIMARY KEY,
     "version"        TEXT NOT NULL,          -- the CVR version: the cookie of the last poke
     "lastActive"     TIMESTAMPTZ NOT NULL,   -- for garbage collection
@@ -39,15 +39,13 @@ CREATE TABLE IF NOT EXISTS {schema}.instances (
     "clientSchema"   JSONB,
     "profileID"      TEXT,
     "deleted"        BOOL DEFAULT false      -- purged for inactivity
-);
-
-CREATE TABLE IF NOT EXISTS {schema}.clients (
+)
+CREATE TABLE clients (
     "clientGroupID" TEXT,
     "clientID"      TEXT,
     PRIMARY KEY ("clientGroupID", "clientID")
-);
-
-CREATE TABLE IF NOT EXISTS {schema}.queries (
+)
+CREATE TABLE queries (
     "clientGroupID"         TEXT,
     "queryHash"             TEXT,
     "clientAST"             JSONB,           -- legacy and internal queries
@@ -60,10 +58,9 @@ CREATE TABLE IF NOT EXISTS {schema}.queries (
     "deleted"               BOOL,            -- a got-query del, kept for catch-up
     "rowSetSignature"       TEXT,
     PRIMARY KEY ("clientGroupID", "queryHash")
-);
-CREATE INDEX IF NOT EXISTS queries_patch_version ON {schema}.queries ("clientGroupID", "patchVersion");
-
-CREATE TABLE IF NOT EXISTS {schema}.desires (
+)
+CREATE INDEX queries_patch_version ON queries ("clientGroupID", "patchVersion")
+CREATE TABLE desires (
     "clientGroupID"   TEXT,
     "clientID"        TEXT,
     "queryHash"       TEXT,
@@ -74,15 +71,13 @@ CREATE TABLE IF NOT EXISTS {schema}.desires (
     "inactivatedAt"   TIMESTAMPTZ,           -- on the TTL clock, as a timestamp
     "inactivatedAtMs" DOUBLE PRECISION,
     PRIMARY KEY ("clientGroupID", "clientID", "queryHash")
-);
-CREATE INDEX IF NOT EXISTS desires_patch_version ON {schema}.desires ("clientGroupID", "patchVersion");
-
-CREATE TABLE IF NOT EXISTS {schema}."rowsVersion" (
+)
+CREATE INDEX desires_patch_version ON desires ("clientGroupID", "patchVersion")
+CREATE TABLE "rowsVersion" (
     "clientGroupID" TEXT PRIMARY KEY,
     "version"       TEXT NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS {schema}.rows (
+)
+CREATE TABLE rows (
     "clientGroupID" TEXT,
     "schema"        TEXT,
     "table"         TEXT,
@@ -91,11 +86,8 @@ CREATE TABLE IF NOT EXISTS {schema}.rows (
     "patchVersion"  TEXT NOT NULL,
     "refCounts"     JSONB,                   -- NULL for a tombstone
     PRIMARY KEY ("clientGroupID", "schema", "table", "rowKey")
-);
-CREATE INDEX IF NOT EXISTS row_patch_version ON {schema}.rows ("clientGroupID", "patchVersion");
-
-INSERT INTO {schema}."versionHistory" ("dataVersion", "schemaVersion", "minSafeVersion")
-    VALUES ({version}, {version}, 1) ON CONFLICT ("lock") DO NOTHING;
+)
+CREATE INDEX row_patch_version ON rows ("clientGroupID", "patchVersion")
 """
 
 
@@ -104,16 +96,28 @@ class CVRSchemaError(Exception):
 
 
 def ensure_schema(conn: psycopg.Connection, app_id: str, shard_num: int) -> None:
-    """Creates the CVR schema and tables if absent, in one transaction (serialised across
-    processes by an advisory lock on the schema name)."""
+    """Creates the CVR schema and its tables unless they exist, in one transaction (serialised
+    across processes by an advisory lock on the schema name)."""
     schema = cvr_schema(app_id, shard_num)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [schema])
-        conn.execute(sql.SQL(_DDL).format(schema=sql.Identifier(schema), version=sql.Literal(SCHEMA_VERSION)))
-        row = conn.execute(
-            sql.SQL('SELECT "minSafeVersion" FROM {}."versionHistory"').format(sql.Identifier(schema))
-        ).fetchone()
-        if row is not None and row[0] > SCHEMA_VERSION:
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema]).fetchone() is None:
+            conn.execute(sql.SQL(_DDL).format(schema=sql.Identifier(schema)))
+            conn.execute(
+                sql.SQL('INSERT INTO {}."versionHistory" ("dataVersion", "schemaVersion", "minSafeVersion") VALUES (%s, %s, 1)').format(
+                    sql.Identifier(schema)
+                ),
+                [SCHEMA_VERSION, SCHEMA_VERSION],
+            )
+            return
+        history = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("versionHistory"))
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [history.as_string(conn)]).fetchone()
+        row = None
+        if exists is not None and exists[0]:
+            row = conn.execute(sql.SQL('SELECT "minSafeVersion" FROM {}').format(history)).fetchone()
+        if row is None:
+            raise CVRSchemaError(f"the schema {schema!r} exists but is not a zcache CVR schema (no versionHistory row)")
+        if row[0] > SCHEMA_VERSION:
             raise CVRSchemaError(
                 f"the CVR schema {schema!r} needs zcache schema version {row[0]} or later; this zcache has {SCHEMA_VERSION}"
             )

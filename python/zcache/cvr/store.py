@@ -78,6 +78,7 @@ class CVRStore:
         self._schema = sql.Identifier(cvr_schema(app_id, shard_num))
         self._limiter = trio.CapacityLimiter(max_conns)
         self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
+        self._closed = False
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class CVRStore:
             if conn is not None:
                 conn.close()
             raise
-        if conn.broken or conn.closed:
+        if conn.broken or conn.closed or self._closed:
             conn.close()
         else:
             self._idle.put(conn)
@@ -125,6 +126,8 @@ class CVRStore:
         return await trio.to_thread.run_sync(self._call, fn, retry_stale, limiter=self._limiter)
 
     def close(self) -> None:
+        """Closes the idle connections; those in use close when their call ends."""
+        self._closed = True
         while True:
             try:
                 self._idle.get_nowait().close()
@@ -267,6 +270,11 @@ class CVRStore:
     def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
         rejected: set[str] = set()
         with conn.transaction():
+            # A poke waits for its flush. Without waiting for the WAL to reach the disk, a crash
+            # of Postgres itself (not of zcache) may lose the last flushes; clients whose cookie
+            # is then ahead of their CVR are told so (InvalidConnectionRequestBaseCookie) and
+            # sync again from scratch, which is correct, only slower.
+            conn.execute("SET LOCAL synchronous_commit = off")
             ids = sorted({f.instance.group_id for f in flushes})  # one lock order for every process
             stored = {
                 r[0]: (r[1], r[2])

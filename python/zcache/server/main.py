@@ -18,7 +18,6 @@ then the root scope is cancelled, so every service's cleanup runs.
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,6 @@ from zcache.app_server.api import ApiServer
 from zcache.app_server.http import HttpClient
 from zcache.app_server.queries import QueryTransformer
 from zcache.auth import TokenVerifier
-from zcache.auth.permissions import Permissions
 from zcache.config import ZeroConfig
 from zcache.mutations import MutationService
 from zcache.replica.replicator import Replicator
@@ -111,7 +109,6 @@ async def serve(
                 transformer=transformer,
                 mutations=mutations,
                 cvr_dsn=config.cvr.db or config.upstream.db,
-                permissions_loader=functools.partial(Permissions.from_replica, app_id=config.app.id),
             )
             await nursery.start(view_syncers.run)
             edge = Edge(

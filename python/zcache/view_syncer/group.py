@@ -167,6 +167,7 @@ class Prepared:
     flush: CVRFlush
     version: CVRVersion
     messages: list[str]
+    state_version: str | None  # the replica version the change reflects
 
 
 def transformation_hash(ast: dict[str, Any]) -> str:
@@ -186,7 +187,7 @@ class ClientGroup:
         self._lock = trio.Lock()
         self.retired = False
         self.loaded = False
-        self.needs_advance = False
+        self.advance_pending = False  # a deferred advance is queued for the lock
         self.connections: dict[str, Connection] = {}
         self.idle_since: float | None = trio.current_time()
         self.inspect_authenticated = False
@@ -206,6 +207,7 @@ class ClientGroup:
         self.engine_queries: dict[str, str] = {}  # hash → transformation hash of what the engine runs
         self.errored: set[str] = set()  # named queries whose transform failed
         self.pinned_user: Any = _UNSET
+        self.advanced_to = ""  # see mark_advanced
         self._ttl_base_ms = 0.0
         self._ttl_anchor: float | None = None
         if self.connections:
@@ -215,7 +217,7 @@ class ClientGroup:
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
-        """The group's lock; an advance skipped while it was held runs before it is released.
+        """The group's lock.
 
         The body is shielded from cancellation: the engine's state, the CVR in memory and the
         store move together, and a body cancelled between an engine call and its flush would
@@ -225,8 +227,6 @@ class ClientGroup:
                 raise GroupRetired
             with trio.CancelScope(shield=True):
                 yield
-                if self.needs_advance and self.loaded:
-                    await self._advance_alone()
 
     def try_lock(self) -> bool:
         try:
@@ -275,6 +275,7 @@ class ClientGroup:
             or change.clients_removed
             or change.instance_changed
         ):
+            self.mark_advanced(change.state_version)
             return None
         old = self.version
         new = old.next(change.state_version or old.state) if visible else old
@@ -313,7 +314,13 @@ class ClientGroup:
             messages.append(encode(["transformError", change.transform_errors]))
         if visible:
             messages.extend(poke_messages(old.cookie, new.cookie, content))
-        return Prepared(flush, new, messages)
+        return Prepared(flush, new, messages, change.state_version)
+
+    def mark_advanced(self, state_version: str | None) -> None:
+        """The group's clients have been sent everything up to this replica version."""
+        if state_version is not None and state_version > self.advanced_to:
+            self.advanced_to = state_version
+            self._svc.group_advanced()
 
     def finish(self, prepared: Prepared, *, rejected: bool) -> None:
         """After the flush: send the poke, or give the group up if another process has it."""
@@ -325,6 +332,7 @@ class ClientGroup:
         self.purged = False
         if prepared.messages:
             self.deliver(prepared.messages)
+        self.mark_advanced(prepared.state_version)
 
     async def commit(self, change: GroupChange, *, force: bool = False) -> None:
         prepared = self.prepare(change, force=force)
@@ -362,11 +370,10 @@ class ClientGroup:
         if self.loaded:
             self._svc.forget_engine_group(self.id)
         self.loaded = False
-        self.needs_advance = False
         self._reset_state()
 
-    async def _advance_alone(self) -> None:
-        self.needs_advance = False
+    async def advance_alone(self) -> None:
+        """Advances this group by itself (caller holds the lock)."""
         patch = await self._svc.engine_advance([self.id])
         change = GroupChange()
         self.absorb(change, patch[self.id])
@@ -640,8 +647,8 @@ class ClientGroup:
 
     async def sync_queries(self, handle: Connection, *, retransform: bool = False) -> None:
         """Puts into the engine what the clients desire and it does not run yet (transforming
-        named queries first); with `retransform`, every named query is transformed again and
-        re-run if its AST changed."""
+        named queries first); with `retransform`, every named query is transformed again (and
+        every legacy query bound to the permissions again) and re-run if its AST changed."""
         async with self.locked():
             if not self.loaded:
                 return
@@ -651,7 +658,7 @@ class ClientGroup:
                 for h, q in sorted(self.queries.items())
                 if not q.internal
                 and self._wanted(h, now)
-                and (h not in self.engine_queries or (retransform and q.name is not None))
+                and (h not in self.engine_queries or retransform)
                 and (retransform or h not in self.errored)
             ]
             internal_missing = not self._has_internal_queries()
@@ -792,13 +799,11 @@ class ClientGroup:
         await self.sync_queries(handle)
 
     async def evict_expired(self) -> None:
-        if not self.try_lock():
-            return
-        try:
+        if self._lock.locked():
+            return  # busy: the next tick evicts
+        async with self.locked():
             if self.loaded:
                 await self._evict(self.ttl_now())
-        finally:
-            self.unlock()
 
     async def _evict(self, now: float) -> None:
         expired = [

@@ -10,8 +10,9 @@
   in batches of `ADVANCE_BATCH` groups per call (the engine reads each changed row once for the
   whole batch), their CVR changes are flushed in one transaction per batch, then each group's
   poke goes to its connections. A group busy with something else (a connection, a transform)
-  is skipped and advances itself before it releases its lock, so every version reaches every
-  group. Batches start at a rotating offset, so no group is always last;
+  is skipped, and a deferred advance queues for its lock (one at a time per group): every
+  version reaches every group, and a busy group never holds up the others. Batches start at a
+  rotating offset, so no group is always last;
 * a ticker for TTL evictions (on each group's TTL clock) and idle groups, the periodic
   re-transform of named queries (`ZERO_AUTH_RETRANSFORM_INTERVAL_SECONDS`), and CVR garbage
   collection (`ZERO_CVR_GARBAGE_COLLECTION_*`).
@@ -19,8 +20,14 @@
 Engine calls run in worker threads (the engine releases the GIL) one at a time, in the order
 they were asked for (a CapacityLimiter of 1 is FIFO): queueing happens in Trio, fairly.
 
-Refinements of the contract: `__init__` also takes `permissions_loader` (how legacy queries
-get their read permissions; default `Permissions.from_replica`), `development` (`NODE_ENV=
+Legacy queries are bound to the read rules of the replicated `<app>.permissions` row, read
+through the engine (never with Python's `sqlite3`: a second SQLite library in the process
+releases the engine's and the writer's POSIX locks on the file when it closes its own
+descriptor, and the writer may then truncate what the engine has mapped). After each advance
+the row's version is checked; when it changed, every group's legacy queries are bound again and
+re-run if their AST changed.
+
+Refinements of the contract: `__init__` also takes `development` (`NODE_ENV=
 development`: inspector requests need no admin password; default from the environment) and
 `idle_unload_s`.
 """
@@ -32,17 +39,19 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from zcache import _native
 from zcache.app_server.queries import QueryTransformer
+from zcache.auth.permissions import Permissions
 from zcache.config import ZeroConfig
 from zcache.cvr import CVRStore, CVRStoreUnavailable, row_key_text
 from zcache.cvr.schema import CVRSchemaError
 from zcache.cvr.store import now_ms
 from zcache.mutations import MutationService, PushContext, PushError
+from zcache.server.connection import ClientGone
 from zcache.server.protocol import (
     AckMutationResponses,
     ChangeDesiredQueries,
@@ -83,16 +92,6 @@ STORE_RETRY_MAX_S = 10.0
 RETRANSFORM_CONCURRENCY = 8
 
 
-class ReadPermissions(Protocol):
-    def bind_read(self, ast: dict[str, Any], auth: AuthData) -> dict[str, Any]: ...
-
-
-def _default_permissions(replica_path: str) -> ReadPermissions:
-    from zcache.auth import Permissions  # type: ignore[attr-defined]
-
-    permissions: ReadPermissions = Permissions.from_replica(replica_path)
-    return permissions
-
 
 class ViewSyncerService:
     def __init__(
@@ -103,7 +102,6 @@ class ViewSyncerService:
         transformer: QueryTransformer | None,
         mutations: MutationService | None,
         cvr_dsn: str,
-        permissions_loader: Callable[[str], ReadPermissions] = _default_permissions,
         development: bool | None = None,
         idle_unload_s: float = IDLE_UNLOAD_S,
     ) -> None:
@@ -123,8 +121,8 @@ class ViewSyncerService:
         )
         self._replicator = replicator
         self._replica_path = config.replica.file
-        self._permissions_loader = permissions_loader
-        self._permissions: tuple[str, ReadPermissions] | None = None
+        self._permissions = Permissions(None, None)
+        self._permissions_version: str | None = None  # the row's _0_version
         self._idle_unload_s = idle_unload_s
         self._engine: _native.QueryEngine | None = None
         self._engine_limiter = trio.CapacityLimiter(1)
@@ -135,9 +133,8 @@ class ViewSyncerService:
         self.groups: dict[str, ClientGroup] = {}
         self._ready = trio.Event()
         self._rotation = 0
-        # The replica version the last advance of every group reached (groups busy then follow
-        # before their lock is released).
-        self.advanced_version = ""
+        self._retransforms = trio.CapacityLimiter(RETRANSFORM_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
         self._advanced = trio.Event()
 
     def ready(self) -> bool:
@@ -197,17 +194,31 @@ class ViewSyncerService:
 
     async def bind_legacy(self, ast: dict[str, Any], auth: AuthData) -> dict[str, Any]:
         """A legacy (client AST) query with the replica's read permissions applied."""
-        version = self._replicator.versions.version
-        if self._permissions is None or self._permissions[0] != version:
-            loaded = await trio.to_thread.run_sync(self._permissions_loader, self._replica_path)
-            self._permissions = (version, loaded)
-        return self._permissions[1].bind_read(ast, auth)
+        return self._permissions.bind_read(ast, auth)
+
+    async def _refresh_permissions(self) -> bool:
+        """Reads the permissions row if it changed; True if it did."""
+        table = f"{self.app_id}.permissions"
+        result = await self._in_engine(lambda e: json.loads(e.fetch_rows([(table, '{"lock":true}')])))
+        row = result["rows"][0] if result["rows"] else None
+        version = None if row is None else row["rowVersion"]
+        if version == self._permissions_version:
+            return False
+        value = None if row is None else row["value"]
+        permissions = None if value is None else value.get("permissions")
+        self._permissions = Permissions.from_json(
+            None if permissions is None else json.dumps(permissions), None if value is None else value.get("hash")
+        )
+        self._permissions_version = version
+        return True
 
     async def _open_engine(self) -> None:
         self._resyncs = self._replicator.statistics().resyncs
         self._engine = await trio.to_thread.run_sync(_native.QueryEngine, self._replica_path)
         self._forgotten = []
         await self.refresh_replica_tables()
+        self._permissions_version = None
+        await self._refresh_permissions()
 
     # --- running ------------------------------------------------------------------------------
 
@@ -217,6 +228,7 @@ class ViewSyncerService:
         await self._open_engine()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._advance_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._retransform_loop)
@@ -247,13 +259,23 @@ class ViewSyncerService:
                 await self._replica_rebuilt()
                 continue
             await self.advance_all()
-            self.advanced_version = seen
-            self._advanced.set()
-            self._advanced = trio.Event()
+            if await self._refresh_permissions():
+                await self._rebind_legacy_queries()
+
+    async def _rebind_legacy_queries(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for g in list(self.groups.values()):
+                handles = list(g.connections.values())
+                if g.loaded and handles and any(q.client_ast is not None and not q.internal for q in g.queries.values()):
+                    nursery.start_soon(self._retransform, g, handles[0], self._retransforms)
+
+    def group_advanced(self) -> None:
+        self._advanced.set()
+        self._advanced = trio.Event()
 
     async def wait_advanced(self, version: str) -> None:
-        """Returns once every group was advanced to `version` (or a later one)."""
-        while self.advanced_version < version:
+        """Returns once every loaded group's engine state is at `version` or later."""
+        while any(g.loaded and g.advanced_to < version for g in self.groups.values()):
             await self._advanced.wait()
 
     async def advance_all(self) -> None:
@@ -269,7 +291,7 @@ class ViewSyncerService:
                 if g.try_lock():
                     held.append(g)
                 else:
-                    g.needs_advance = True
+                    self._defer_advance(g)
             try:
                 with trio.CancelScope(shield=True):
                     await self._advance_batch([g for g in held if g.loaded])
@@ -283,7 +305,6 @@ class ViewSyncerService:
         patches = await self.engine_advance([g.id for g in groups])
         prepared: list[tuple[ClientGroup, Prepared]] = []
         for g in groups:
-            g.needs_advance = False
             change = GroupChange()
             g.absorb(change, patches[g.id])
             p = g.prepare(change)
@@ -299,6 +320,22 @@ class ViewSyncerService:
             return
         for g, p in prepared:
             g.finish(p, rejected=g.id in rejected)
+
+    def _defer_advance(self, group: ClientGroup) -> None:
+        if group.advance_pending or self._nursery is None:
+            return
+        group.advance_pending = True
+        self._nursery.start_soon(self._deferred_advance, group)
+
+    async def _deferred_advance(self, group: ClientGroup) -> None:
+        try:
+            async with group.locked():
+                # Cleared first: an advance skipped while this one runs queues the next one.
+                group.advance_pending = False
+                if group.loaded:
+                    await group.advance_alone()
+        except GroupRetired:
+            pass
 
     async def _replica_rebuilt(self) -> None:
         log.warning("the replica was rebuilt; every client group reloads")
@@ -333,14 +370,13 @@ class ViewSyncerService:
         interval = self.config.auth.retransform_interval_seconds
         if self.transformer is None or interval <= 0:
             return
-        limiter = trio.CapacityLimiter(RETRANSFORM_CONCURRENCY)
         while True:
             await trio.sleep(interval)
             async with trio.open_nursery() as nursery:
                 for g in list(self.groups.values()):
                     handles = list(g.connections.values())
                     if g.loaded and handles and any(q.name is not None for q in g.queries.values()):
-                        nursery.start_soon(self._retransform, g, handles[0], limiter)
+                        nursery.start_soon(self._retransform, g, handles[0], self._retransforms)
 
     async def _retransform(self, group: ClientGroup, handle: Connection, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
@@ -506,8 +542,7 @@ async def _send_loop(handle: Connection, receive: trio.MemoryReceiveChannel[Outg
                     handle.scope.cancel()
                     return
                 await handle.conn.send_many(item)
-            except Exception as e:  # ClientGone (the socket is closing) or a failed socket
-                log.debug("client %s: send stopped (%s)", handle.client_id, e)
+            except ClientGone:
                 handle.scope.cancel()
                 return
 

@@ -1,0 +1,140 @@
+"""Faults: another process taking a client group over, the CVR database going away for a
+while, the view syncer killed while pokes are in flight. In every case the clients get an error
+or a closed socket, the CVR stays consistent, and after reconnecting with their cookies their
+views equal the queries run on Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+
+from tests.fixtures.fix_pg import PgServer, database_name
+from tests.view_syncer.harness import FakeClient, files_of, files_with_owner, init_connection, running
+
+
+@pytest.fixture
+def cvr_db(pg_cluster: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A CVR database of its own, so that it can be made unreachable without the upstream."""
+    name = database_name(request.node.name + "_cvr")
+    dsn = pg_cluster.create_database(name)
+    try:
+        yield dsn
+    finally:
+        block(pg_cluster, name, False)
+        pg_cluster.drop_database(name)
+
+
+def block(pg_cluster: PgServer, dbname: str, blocked: bool) -> None:
+    """Refuses (or allows again) every connection to `dbname`, dropping the open ones."""
+    with psycopg.connect(pg_cluster.admin_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS {str(not blocked).lower()}')  # type: ignore[arg-type]
+        if blocked:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [dbname])
+
+
+async def test_a_second_owner_takes_the_group_and_the_first_rehomes(pg_dsn: str, tmp_path: Path) -> None:
+    async with running(pg_dsn, tmp_path) as h:
+        first = await h.start_service()
+        second = await h.start_service()
+        q = files_of("u1")
+        a = FakeClient("ca", "g1")
+        await h.connect(a, init_connection(q.put(300_000), active_clients=["ca"]), service=first)
+        await a.wait_for(lambda: q.hash in a.view.got, "hydration")
+        b = FakeClient("cb", "g1")
+        sb = await h.connect(b, init_connection(active_clients=["ca", "cb"]), service=second)
+        await b.wait_for(lambda: q.hash in b.view.got, "the second process's catch-up")
+
+        h.upstream.execute("UPDATE file SET name = 'renamed' WHERE id = 'f1'")
+        await a.wait_for(lambda: bool(a.errors), "Rehome")
+        assert a.errors[0]["kind"] == "Rehome"
+        await b.wait_for(lambda: b.view.rows == h.expected([q]), "the owner's poke")
+
+        # The client comes back (to the owner) from its cookie and converges.
+        a2 = FakeClient("ca", "g1", base_cookie=a.view.cookie, view=a.view)
+        await h.connect(a2, init_connection(active_clients=["ca", "cb"], client_schema=None), service=second)
+        await a2.wait_for(lambda: a2.pokes >= 1, "catch-up")
+        assert a2.view.rows == h.expected([q])
+        await sb.close()
+
+
+async def test_cvr_database_unavailable_for_a_while(pg_dsn: str, cvr_db: str, pg_cluster: PgServer, tmp_path: Path) -> None:
+    cvr_name = psycopg.conninfo.conninfo_to_dict(cvr_db)["dbname"]
+    assert isinstance(cvr_name, str)
+    async with running(pg_dsn, tmp_path, cvr_dsn=cvr_db) as h:
+        await h.start_service()
+        q = files_with_owner("u1")
+        c = FakeClient("c1", "g1")
+        await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
+        await c.wait_for(lambda: q.hash in c.view.got, "hydration")
+        await h.synced()
+        with psycopg.connect(cvr_db) as conn:
+            before = conn.execute('SELECT "version" FROM "zero_0/cvr".instances').fetchall()
+        assert before == [(c.view.cookie,)]
+
+        block(pg_cluster, cvr_name, True)
+        h.upstream.execute("UPDATE file SET name = 'during-outage' WHERE id = 'f1'")
+        await c.wait_for(lambda: bool(c.errors), "an error")
+        assert c.errors[0]["kind"] == "ServerOverloaded"
+        assert "CVR database is unavailable" in c.errors[0]["message"]
+        assert c.view.table("file")[("f1",)]["name"] == "alpha"  # nothing half-applied
+        # Connecting meanwhile fails the same way; the service keeps running.
+        d = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
+        await h.connect(d, init_connection(active_clients=["c1"], client_schema=None))
+        await d.wait_for(lambda: bool(d.errors), "an error on connect")
+        assert d.errors[0]["kind"] == "ServerOverloaded"
+
+        block(pg_cluster, cvr_name, False)
+        with psycopg.connect(cvr_db) as conn:
+            assert conn.execute('SELECT "version" FROM "zero_0/cvr".instances').fetchall() == before
+        h.upstream.execute("UPDATE file SET name = 'after-outage' WHERE id = 'f2'")
+        await h.caught_up()
+        e = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
+        se = await h.connect(e, init_connection(active_clients=["c1"], client_schema=None))
+        await e.wait_for(lambda: e.pokes >= 1, "catch-up after the outage")
+        await h.synced()
+        assert e.view.rows == h.expected([q])
+        assert not e.errors
+        await se.close()
+
+
+async def test_killed_while_poking_then_restarted(pg_dsn: str, tmp_path: Path) -> None:
+    """Writes keep coming while the view syncer is killed (its tasks cancelled wherever they
+    are: a flush done but its poke unsent, a poke half sent); a new one serves the clients from
+    their cookies."""
+    async with running(pg_dsn, tmp_path) as h:
+        await h.start_service()
+        queries = [files_with_owner("u1"), files_of("u2")]
+        clients = [FakeClient(f"c{i}", f"g{i % 3}") for i in range(6)]
+        for i, c in enumerate(clients):
+            await h.connect(c, init_connection(queries[i % 2].put(300_000), active_clients=[x.params.client_id for x in clients if x.params.client_group_id == c.params.client_group_id]))
+        for c in clients:
+            await c.wait_for(lambda c=c: c.pokes >= 2, "hydration")
+
+        async def writes(n: int) -> None:
+            for i in range(n):
+                h.upstream.execute("UPDATE file SET name = %s WHERE id = %s", [f"name-{n}-{i}", ("f1", "f2", "f3")[i % 3]])
+                h.upstream.execute("INSERT INTO file VALUES (%s, 'new', %s)", [f"n{n}-{i}", ("u1", "u2")[i % 2]])
+                await trio.sleep(0.005)
+
+        await writes(30)
+        h.stop_service()
+        await writes(10)
+        await h.caught_up()
+        await h.start_service()
+        again = []
+        for i, c in enumerate(clients):
+            c.pokes = 0
+            r = FakeClient(c.params.client_id, c.params.client_group_id, base_cookie=c.view.cookie, view=c.view)
+            await h.connect(r, init_connection(active_clients=[x.params.client_id for x in clients if x.params.client_group_id == c.params.client_group_id], client_schema=None))
+            again.append(r)
+        for r in again:
+            await r.wait_for(lambda r=r: r.pokes >= 1, "catch-up")
+        await h.synced()
+        for i, r in enumerate(again):
+            group = [queries[j % 2] for j, x in enumerate(clients) if x.params.client_group_id == r.params.client_group_id]
+            assert r.view.rows == h.expected(group), r.params.client_id
+            assert not r.broken and not r.errors
