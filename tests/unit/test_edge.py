@@ -32,10 +32,10 @@ from zcache.server.protocol import ChangeDesiredQueries, UpdateAuth
 pytestmark = pytest.mark.unit
 
 
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         data = b""
         with trio.fail_after(5):
             while chunk := await stream.receive_some(65536):
@@ -58,6 +58,12 @@ async def test_http_routes(nursery: trio.Nursery) -> None:
     assert await http_get(edge.port, "/") == (200, b"OK")
     assert await http_get(edge.port, "/keepalive") == (200, b"OK")
     assert (await http_get(edge.port, "/statz"))[0] == 404
+    assert await http_get(edge.port, "/", "HEAD") == (200, b"")
+    assert (await http_get(edge.port, "/", "POST"))[0] == 404
+    stream = await trio.open_tcp_stream("127.0.0.1", edge.port)
+    async with stream:  # not HTTP at all
+        await stream.send_all(b"\x16\x03\x01garbage\r\n\r\n")
+        assert (await stream.receive_some(1000)).startswith(b"HTTP/1.1 400")
     edge.view_syncers.is_ready = False
     assert (await http_get(edge.port, "/keepalive"))[0] == 503
 

@@ -158,19 +158,22 @@ class Listener:
                 await serve_socket(pending, headers, self._edge)
             return
         path = request.target.split(b"?", 1)[0]
+        head_only = request.method == b"HEAD"
         if request.method in (b"GET", b"HEAD") and path == b"/":
-            await _respond(http, stream, 200, "OK")
+            await _respond(http, stream, 200, "OK", head_only=head_only)
         elif request.method in (b"GET", b"HEAD") and path == b"/keepalive":
             self._heartbeat()
             if self._ready():
-                await _respond(http, stream, 200, "OK")
+                await _respond(http, stream, 200, "OK", head_only=head_only)
             else:
-                await _respond(http, stream, 503, "not ready\n")
+                await _respond(http, stream, 503, "not ready\n", head_only=head_only)
         else:
-            await _respond(http, stream, 404, "not found\n")
+            await _respond(http, stream, 404, "not found\n", head_only=head_only)
 
 
-async def _respond(http: h11.Connection, stream: trio.SocketStream, status: int, body: str) -> None:
+async def _respond(
+    http: h11.Connection, stream: trio.SocketStream, status: int, body: str, *, head_only: bool = False
+) -> None:
     data = body.encode("utf-8")
     if http.their_state is h11.ERROR or http.our_state is not h11.SEND_RESPONSE:
         http = h11.Connection(h11.SERVER)  # answer even a request h11 refused to parse
@@ -181,7 +184,8 @@ async def _respond(http: h11.Connection, stream: trio.SocketStream, status: int,
         ("content-length", str(len(data))),
         ("connection", "close"),
     ]
-    out = http.send(h11.Response(status_code=status, headers=headers))
-    out += http.send(h11.Data(data=data)) or b""
+    out = http.send(h11.Response(status_code=status, headers=headers)) or b""
+    if not head_only:
+        out += http.send(h11.Data(data=data)) or b""
     out += http.send(h11.EndOfMessage()) or b""
     await stream.send_all(out)
