@@ -248,6 +248,23 @@ async def test_view_syncer_errors_reach_the_client_with_their_kind(nursery: trio
     assert (await http_get(edge.port, "/"))[0] == 200  # the server lives on
 
 
+async def test_a_failure_while_the_inbox_is_full_reaches_the_client(nursery: trio.Nursery) -> None:
+    """The reader is blocked on the full inbox when the view syncer fails and stays busy: the
+    error and the close still go out, and the connection ends once the view syncer returns."""
+    edge = await run_edge(nursery)
+    stalling = ["initConnection", {"desiredQueriesPatch": [{"op": "put", "hash": "stall-then-fail"}]}]
+    async with open_ws(edge, connect_query(), subprotocol(stalling)) as ws:
+        assert (await receive_json(ws))[0] == "connected"
+        for _ in range(40):
+            await ws.send_message('["changeDesiredQueries",{"desiredQueriesPatch":[]}]')
+        messages, code, _ = await receive_until_closed(ws)
+        assert code == 1005 and messages[-1][1]["message"] == "stalled"
+    with trio.fail_after(10):
+        while len(edge.registry):
+            await trio.sleep(0.05)
+    assert edge.view_syncers.finished == 1
+
+
 async def test_shutdown_closes_sockets_with_1001(nursery: trio.Nursery) -> None:
     edge = await run_edge(nursery)
     async with open_ws(edge, connect_query(), subprotocol(INIT)) as ws:

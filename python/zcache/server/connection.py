@@ -260,6 +260,7 @@ async def serve_socket(pending: PendingUpgrade, request_headers: Mapping[str, st
     target = pending.request.target
     proposed = list(pending.request.subprotocols)
     ws = await pending.accept(proposed[0] if proposed else None, compression=edge.compression)
+    ws.attach_reader()
     conn = ClientConnection(ws, edge.settings, request_headers=request_headers)
     session = _Session(conn, ws, edge)
     try:
@@ -353,6 +354,9 @@ class _Session:
         try:
             async for item in conn._outbox_receive:
                 if isinstance(item, _Close):
+                    # Nothing more goes to the view syncer; a reader blocked on a full inbox reads
+                    # on, and so sees the peer's close frame.
+                    self.inbox_send.close()
                     if item.error is not None and not await self._write_frame(item.error):
                         return
                     await self.ws.close(item.code, item.reason)
