@@ -92,6 +92,10 @@ def _serve_with_embedded_postgres(config: zconfig.ZeroConfig, environ: Mapping[s
                     f"  PostgreSQL (embedded)  {dsn}    data: {cluster.data_dir}",
                     f"                         psql '{dsn}'",
                     f"  replica file           {replica_file}",
+                    f"  sync endpoint          ws://localhost:{config.port}/sync/v51/connect",
+                    f"  Zero clients           new Zero({{cacheURL: 'http://localhost:{config.port}', schema, userID, …}})",
+                    "                         (named queries and custom mutators also need ZERO_QUERY_URL / ZERO_MUTATE_URL:",
+                    "                          your app server's /query and /mutate)",
                     "  Set ZERO_UPSTREAM_DB to serve your own database instead.",
                 ]
             ),

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from zcache.embedded_pg import free_loopback_port
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +38,8 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout_s: float
 def _run_dev_default(dev_dir: Path) -> tuple[int, list[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZERO_")}
     env["ZCACHE_DEV_DIR"] = str(dev_dir)
+    port = free_loopback_port()  # not 4848: other servers may run on this machine
+    env["ZERO_PORT"] = str(port)
     process = subprocess.Popen(
         [sys.executable, "-m", "zcache"],
         env=env,
@@ -51,6 +56,10 @@ def _run_dev_default(dev_dir: Path) -> tuple[int, list[str], str]:
             wal_level = conn.execute("SHOW wal_level").fetchone()
         assert counts is not None and counts[0] > 0 and counts[1] > 0
         assert wal_level == ("logical",)
+        # The sync server answers on the printed endpoint.
+        assert any(f"ws://localhost:{port}/sync/v51/connect" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/keepalive", timeout=10) as response:
+            assert (response.status, response.read()) == (200, b"OK")
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
         return process.returncode, lines + rest.splitlines(keepends=True), dsn

@@ -7,21 +7,20 @@ Expected frames and close codes are those of zero-cache 1.9 in the golden transc
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
 
+from tests.fixtures.edge import open_ws as fixture_open_ws
 from tests.fixtures.edge import (
     INIT,
     EdgeUnderTest,
     connect_query,
+    drain_until_dropped,
+    raw_upgrade,
     receive_json,
     receive_until_closed,
     run_edge,
@@ -33,10 +32,10 @@ from zcache.server.protocol import ChangeDesiredQueries, UpdateAuth
 pytestmark = pytest.mark.unit
 
 
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         data = b""
         with trio.fail_after(5):
             while chunk := await stream.receive_some(65536):
@@ -45,21 +44,8 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-@asynccontextmanager
-async def open_ws(
-    edge: EdgeUnderTest, query: str, proto: str | None = None, **kwargs: Any
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    opened: trio_websocket.WebSocketConnection | None = None
-    try:
-        async with trio_websocket.open_websocket_url(
-            edge.ws_url(query, **kwargs), subprotocols=[proto or subprotocol()], max_message_size=64 << 20
-        ) as ws:
-            opened = ws
-            yield ws
-    finally:
-        # trio-websocket leaves a client's TCP stream open when the server closed first.
-        if opened is not None:
-            await opened._stream.aclose()
+def open_ws(edge: EdgeUnderTest, query: str, proto: str | None = None, **kwargs: Any) -> Any:
+    return fixture_open_ws(edge.ws_url(query, **kwargs), proto or subprotocol())
 
 
 async def handshake(ws: trio_websocket.WebSocketConnection) -> list[Any]:
@@ -72,8 +58,27 @@ async def test_http_routes(nursery: trio.Nursery) -> None:
     assert await http_get(edge.port, "/") == (200, b"OK")
     assert await http_get(edge.port, "/keepalive") == (200, b"OK")
     assert (await http_get(edge.port, "/statz"))[0] == 404
+    assert await http_get(edge.port, "/", "HEAD") == (200, b"")
+    assert (await http_get(edge.port, "/", "POST"))[0] == 404
+    stream = await trio.open_tcp_stream("127.0.0.1", edge.port)
+    async with stream:  # not HTTP at all
+        await stream.send_all(b"\x16\x03\x01garbage\r\n\r\n")
+        assert (await stream.receive_some(1000)).startswith(b"HTTP/1.1 400")
     edge.view_syncers.is_ready = False
     assert (await http_get(edge.port, "/keepalive"))[0] == 503
+
+
+async def test_keepalive_heartbeats_stop_the_server_once_they_stop(nursery: trio.Nursery) -> None:
+    stopped = trio.Event()
+    edge = await run_edge(nursery, keepalive_timeout_s=0.4, on_heartbeats_stopped=stopped.set)
+    await trio.sleep(0.6)
+    assert not stopped.is_set()  # opt-in: nothing before the first heartbeat
+    for _ in range(4):
+        assert (await http_get(edge.port, "/keepalive"))[0] == 200
+        await trio.sleep(0.15)
+    assert not stopped.is_set()
+    with trio.fail_after(3):
+        await stopped.wait()
 
 
 async def test_handshake_echoes_the_subprotocol_and_serves_the_piggy_backed_init(nursery: trio.Nursery) -> None:
@@ -243,6 +248,23 @@ async def test_view_syncer_errors_reach_the_client_with_their_kind(nursery: trio
     assert (await http_get(edge.port, "/"))[0] == 200  # the server lives on
 
 
+async def test_a_failure_while_the_inbox_is_full_reaches_the_client(nursery: trio.Nursery) -> None:
+    """The reader is blocked on the full inbox when the view syncer fails and stays busy: the
+    error and the close still go out, and the connection ends once the view syncer returns."""
+    edge = await run_edge(nursery)
+    stalling = ["initConnection", {"desiredQueriesPatch": [{"op": "put", "hash": "stall-then-fail"}]}]
+    async with open_ws(edge, connect_query(), subprotocol(stalling)) as ws:
+        assert (await receive_json(ws))[0] == "connected"
+        for _ in range(40):
+            await ws.send_message('["changeDesiredQueries",{"desiredQueriesPatch":[]}]')
+        messages, code, _ = await receive_until_closed(ws)
+        assert code == 1005 and messages[-1][1]["message"] == "stalled"
+    with trio.fail_after(10):
+        while len(edge.registry):
+            await trio.sleep(0.05)
+    assert edge.view_syncers.finished == 1
+
+
 async def test_shutdown_closes_sockets_with_1001(nursery: trio.Nursery) -> None:
     edge = await run_edge(nursery)
     async with open_ws(edge, connect_query(), subprotocol(INIT)) as ws:
@@ -261,15 +283,7 @@ async def test_a_client_that_does_not_read_is_dropped_and_others_are_unaffected(
     settings = EdgeSettings(slow_client_timeout_s=1.0, outbox_capacity=8)
     edge = await run_edge(nursery, settings=settings)
     flood = ["initConnection", {"desiredQueriesPatch": [{"op": "put", "hash": "flood:2000"}]}]
-    stream = await trio.open_tcp_stream("127.0.0.1", edge.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all(
-        (
-            f"GET /sync/v51/connect?{connect_query('slow', 'gs')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: {subprotocol(flood)}\r\n\r\n"
-        ).encode()
-    )
+    stream = await raw_upgrade(edge.port, connect_query("slow", "gs"), subprotocol(flood))
     async with open_ws(edge, connect_query("fast", "gf"), subprotocol(INIT)) as fast:
         await handshake(fast)
         with trio.fail_after(20):
@@ -279,12 +293,4 @@ async def test_a_client_that_does_not_read_is_dropped_and_others_are_unaffected(
                 await trio.sleep(0.2)
         assert [c.params.client_id for c in edge.registry.connections()] == ["fast"]
     # The slow client's socket was dropped: reading it ends after what the kernel had buffered.
-    with trio.fail_after(20):
-        total = 0
-        try:
-            while chunk := await stream.receive_some(1 << 20):
-                total += len(chunk)
-        except trio.BrokenResourceError:
-            pass
-    assert total < 2000 * 65536
-    await stream.aclose()
+    assert await drain_until_dropped(stream) < 2000 * 65536

@@ -8,10 +8,11 @@ Each socket runs in its own nursery, owned by `serve_socket`:
   re-authenticated and passed on, everything else goes into the bounded **inbox** of the view
   syncer. A malformed frame is answered with `InvalidMessage` and a close;
 * a **writer** task drains the bounded **outbox** (`OUTBOX_CAPACITY` messages) onto the socket.
-  `ClientConnection.send` waits while the outbox is full; when it stays full for
-  `SLOW_CLIENT_TIMEOUT_S` the client is not reading at all, nothing more can reach it, and its
-  TCP stream is dropped (the client sees 1006 and reconnects from its cookie) rather than memory
-  growing on its behalf;
+  `ClientConnection.send` waits while the outbox is full. When the outbox stays full, or one
+  frame cannot be written, for `SLOW_CLIENT_TIMEOUT_S`, the client is not reading: nothing more
+  can reach it (not even an `error` message, which would queue behind what it does not read), so
+  its TCP stream is dropped (the client sees 1006 and reconnects from its cookie) rather than
+  memory growing on its behalf;
 * an **idle pong** task sends `pong` when nothing was sent for `IDLE_PONG_AFTER_S`, checking every
   `IDLE_CHECK_INTERVAL_S` (zero-cache's 6 s / 3 s);
 * the **view syncer** task, `view_syncers.serve_client(conn, init, inbox)`, once `initConnection`
@@ -55,7 +56,7 @@ log = logging.getLogger("zcache.connection")
 
 # Downstream messages queued per client (a poke part, ≤ 100 rows, counts one): a few MB at most.
 OUTBOX_CAPACITY: Final = 64
-# A client whose outbox stays full this long reads nothing: it is dropped.
+# A client whose outbox stays full this long, or that takes this long to accept one frame, is dropped.
 SLOW_CLIENT_TIMEOUT_S: Final = 30.0
 # Upstream messages queued for the view syncer before the reader stops reading (backpressure).
 INBOX_CAPACITY: Final = 16
@@ -259,6 +260,7 @@ async def serve_socket(pending: PendingUpgrade, request_headers: Mapping[str, st
     target = pending.request.target
     proposed = list(pending.request.subprotocols)
     ws = await pending.accept(proposed[0] if proposed else None, compression=edge.compression)
+    ws.attach_reader()
     conn = ClientConnection(ws, edge.settings, request_headers=request_headers)
     session = _Session(conn, ws, edge)
     try:
@@ -352,12 +354,16 @@ class _Session:
         try:
             async for item in conn._outbox_receive:
                 if isinstance(item, _Close):
-                    if item.error is not None:
-                        await self.ws.send_text(item.error)
+                    # Nothing more goes to the view syncer; a reader blocked on a full inbox reads
+                    # on, and so sees the peer's close frame.
+                    self.inbox_send.close()
+                    if item.error is not None and not await self._write_frame(item.error):
+                        return
                     await self.ws.close(item.code, item.reason)
                     return
                 for frame in item:
-                    await self.ws.send_text(frame)
+                    if not await self._write_frame(frame):
+                        return
                     conn._last_sent = trio.current_time()
         except WebSocketClosed:
             pass
@@ -366,6 +372,15 @@ class _Session:
             conn._outbox_receive.close()
             # Unblocks a reader waiting for room in the inbox, so that it reads on to the close.
             self.inbox_send.close()
+
+    async def _write_frame(self, frame: str) -> bool:
+        """Writes one frame; False when the client took longer than the slow-client deadline to
+        accept it (it is then dropped: a frame cut in the middle leaves nothing else to do)."""
+        with trio.move_on_after(self.edge.settings.slow_client_timeout_s):
+            await self.ws.send_text(frame)
+            return True
+        await self.conn._drop_slow_client()
+        return False
 
     async def read(self) -> None:
         """The reader task: every frame of the socket, until it is closed."""

@@ -4,7 +4,10 @@ Each TCP connection's request head is read with h11 (at most `MAX_HEAD_BYTES`, w
 `HEAD_TIMEOUT_S`), then:
 
 * `GET /` → 200 `OK` (liveness; the port only opens once the replica is ready);
-* `GET /keepalive` → 200 `OK` while `ready()` holds, else 503;
+* `GET /keepalive` → 200 `OK` while `ready()` holds, else 503. With ZERO_KEEPALIVE_TIMEOUT_MS set,
+  these are heartbeats (as zero-cache's HeartbeatMonitor counts them): from the first one on, a
+  gap of that long calls `on_heartbeats_stopped` (a graceful shutdown, for load balancers that
+  stop health-checking an instance they drain);
 * a WebSocket upgrade → the same bytes go to wsproto (`websocket.upgrade`) and the socket to
   `connection.serve_socket`, which accepts it (echoing the client's subprotocol) whatever its path:
   a wrong path is closed with 1002 and the reason, as zero-cache does;
@@ -45,19 +48,26 @@ class Listener:
         host: str | None = None,
         max_message_bytes: int,
         ready: Callable[[], bool],
+        keepalive_timeout_s: float | None = None,
+        on_heartbeats_stopped: Callable[[], None] | None = None,
     ) -> None:
         self._edge = edge
         self._port = port
         self._host = host
         self._max_message_bytes = max_message_bytes
         self._ready = ready
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._on_heartbeats_stopped = on_heartbeats_stopped
+        self._last_heartbeat: float | None = None
         self._accepting: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves until `shutdown`; reports the bound port (useful with port 0)."""
         try:
             async with trio.open_nursery() as connections:
+                self._nursery = connections
                 with trio.CancelScope() as accepting:
                     self._accepting = accepting
                     async with trio.open_nursery() as acceptor:
@@ -88,6 +98,24 @@ class Listener:
         if self._accepting is not None:
             self._accepting.cancel()
         await self._stopped.wait()
+
+    def _heartbeat(self) -> None:
+        first = self._last_heartbeat is None
+        self._last_heartbeat = trio.current_time()
+        if first and self._keepalive_timeout_s is not None and self._nursery is not None:
+            log.info("starting the heartbeat monitor (%.1f s)", self._keepalive_timeout_s)
+            self._nursery.start_soon(self._monitor_heartbeats, self._keepalive_timeout_s)
+
+    async def _monitor_heartbeats(self, timeout_s: float) -> None:
+        while True:
+            await trio.sleep(timeout_s / 4)
+            assert self._last_heartbeat is not None
+            silence = trio.current_time() - self._last_heartbeat
+            if silence >= timeout_s:
+                log.info("last heartbeat received %.1f s ago; draining", silence)
+                if self._on_heartbeats_stopped is not None:
+                    self._on_heartbeats_stopped()
+                return
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -130,18 +158,22 @@ class Listener:
                 await serve_socket(pending, headers, self._edge)
             return
         path = request.target.split(b"?", 1)[0]
+        head_only = request.method == b"HEAD"
         if request.method in (b"GET", b"HEAD") and path == b"/":
-            await _respond(http, stream, 200, "OK")
+            await _respond(http, stream, 200, "OK", head_only=head_only)
         elif request.method in (b"GET", b"HEAD") and path == b"/keepalive":
+            self._heartbeat()
             if self._ready():
-                await _respond(http, stream, 200, "OK")
+                await _respond(http, stream, 200, "OK", head_only=head_only)
             else:
-                await _respond(http, stream, 503, "not ready\n")
+                await _respond(http, stream, 503, "not ready\n", head_only=head_only)
         else:
-            await _respond(http, stream, 404, "not found\n")
+            await _respond(http, stream, 404, "not found\n", head_only=head_only)
 
 
-async def _respond(http: h11.Connection, stream: trio.SocketStream, status: int, body: str) -> None:
+async def _respond(
+    http: h11.Connection, stream: trio.SocketStream, status: int, body: str, *, head_only: bool = False
+) -> None:
     data = body.encode("utf-8")
     if http.their_state is h11.ERROR or http.our_state is not h11.SEND_RESPONSE:
         http = h11.Connection(h11.SERVER)  # answer even a request h11 refused to parse
@@ -152,7 +184,8 @@ async def _respond(http: h11.Connection, stream: trio.SocketStream, status: int,
         ("content-length", str(len(data))),
         ("connection", "close"),
     ]
-    out = http.send(h11.Response(status_code=status, headers=headers))
-    out += http.send(h11.Data(data=data)) or b""
+    out = http.send(h11.Response(status_code=status, headers=headers)) or b""
+    if not head_only:
+        out += http.send(h11.Data(data=data)) or b""
     out += http.send(h11.EndOfMessage()) or b""
     await stream.send_all(out)

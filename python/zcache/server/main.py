@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -43,32 +44,55 @@ SHUTDOWN_TIMEOUT_S: Final = 5.0
 ShutdownStep = Callable[[], Awaitable[None]]
 
 
-async def _stop_on_signal(
-    scope: trio.CancelScope,
-    graceful: list[ShutdownStep],
+@dataclass(frozen=True)
+class RunningServer:
+    """What `serve` reports once clients can connect."""
+
+    port: int
+    stop: Callable[[], Awaitable[None]]  # the graceful shutdown that SIGINT/SIGTERM also run
+
+
+class _Shutdown:
+    """Graceful first (client sockets closed with 1001 while every service still runs), bounded
+    by SHUTDOWN_TIMEOUT_S; then the root scope is cancelled."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self._scope = scope
+        self.graceful: list[ShutdownStep] = []
+
+    async def stop(self) -> None:
+        with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
+            for step in self.graceful:
+                await step()
+        self._scope.cancel()
+
+    async def on_signal(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                await self.stop()
+                return
+
+
+async def serve(
+    config: ZeroConfig,
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    edge_settings: EdgeSettings | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            with trio.move_on_after(SHUTDOWN_TIMEOUT_S):
-                for step in graceful:
-                    await step()
-            scope.cancel()
-            return
+    """Runs zcache until SIGINT/SIGTERM (or `RunningServer.stop`); reports the listening port
+    once clients can connect.
 
-
-async def serve(config: ZeroConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Runs zcache until SIGINT/SIGTERM; reports the listening port once clients can connect."""
+    `edge_settings` (queue sizes and deadlines of client sockets) defaults to the documented
+    constants of `connection.py`; tests shorten them."""
     if config.upstream.db is None:
         raise ValueError("serve() needs an upstream database")
     http = HttpClient()
-    graceful: list[ShutdownStep] = []
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(_stop_on_signal, nursery.cancel_scope, graceful)
+            shutdown = _Shutdown(nursery.cancel_scope)
+            await nursery.start(shutdown.on_signal)
             replicator = await nursery.start(Replicator(config).run)
             verifier = TokenVerifier.from_config(config, http=http)
             await nursery.start(verifier.run)
@@ -87,21 +111,29 @@ async def serve(config: ZeroConfig, *, task_status: trio.TaskStatus[int] = trio.
                 cvr_dsn=config.cvr.db or config.upstream.db,
             )
             await nursery.start(view_syncers.run)
-            edge = Edge(verifier, view_syncers, ConnectionRegistry(), EdgeSettings(), compression=config.websocket_compression)
+            edge = Edge(
+                verifier,
+                view_syncers,
+                ConnectionRegistry(),
+                edge_settings or EdgeSettings(),
+                compression=config.websocket_compression,
+            )
             listener = Listener(
                 edge,
                 port=config.port,
                 max_message_bytes=config.websocket_max_payload_bytes,
                 ready=view_syncers.ready,
+                keepalive_timeout_s=None if config.keepalive_timeout_ms is None else config.keepalive_timeout_ms / 1000,
+                on_heartbeats_stopped=lambda: nursery.start_soon(shutdown.stop),
             )
-            graceful.append(listener.shutdown)
+            shutdown.graceful.append(listener.shutdown)
             port = await nursery.start(listener.run)
             log.info(
                 "zcache running (replica at version %s); sync clients connect to http://localhost:%d; stop with Ctrl-C",
                 replicator.statistics().state_version,
                 port,
             )
-            task_status.started(port)
+            task_status.started(RunningServer(port, shutdown.stop))
     finally:
         with trio.CancelScope(shield=True):
             await http.aclose()

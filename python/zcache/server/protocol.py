@@ -328,8 +328,13 @@ _inspect_body = v.Union(
 )
 
 
+_BY_TYPE: dict[str, v.Array] = {}
+
+
 def _message(kind: str, body: v.Schema) -> v.Array:
-    return v.tuple_(v.Literal(kind), body)
+    schema = v.tuple_(v.Literal(kind), body)
+    _BY_TYPE[kind] = schema
+    return schema
 
 
 UPSTREAM_SCHEMA: Final = v.Union(
@@ -369,7 +374,10 @@ def parse_upstream(data: str | bytes) -> AnyUpstream:
 def parse_upstream_value(value: Any) -> AnyUpstream:
     """An already-decoded upstream message (e.g. the `initConnection` piggy-backed in the header)."""
     try:
-        problem = v.validate(value, UPSTREAM_SCHEMA)
+        # Only the option named by the type can match: check it alone first (valid messages,
+        # the common case, skip the others); the whole union words the error otherwise.
+        candidate = _BY_TYPE.get(value[0]) if isinstance(value, list) and value and isinstance(value[0], str) else None
+        problem = None if candidate is not None and candidate.check(value) is None else v.validate(value, UPSTREAM_SCHEMA)
     except RecursionError:
         raise ProtocolError("InvalidMessage", "RangeError: Maximum call stack size exceeded") from None
     if problem is not None:

@@ -36,22 +36,16 @@ PathKey = str | int
 Path = tuple[PathKey, ...]
 
 
+_TYPE_NAMES: Final = {str: "string", dict: "object", list: "array", bool: "boolean", int: "number", float: "number", type(None): "null"}
+
+
 def js_type(value: Any) -> str:
     """JavaScript's view of a JSON value's type (`typeof`, with `null` and `array` split out)."""
+    name = _TYPE_NAMES.get(type(value))
+    if name is not None:
+        return name
     if value is MISSING:
         return "undefined"
-    if value is None:
-        return "null"
-    if value is True or value is False:
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
@@ -67,13 +61,18 @@ class Issue:
     max_length: int | None = None  # None: unbounded (JavaScript prints `undefined`)
 
 
+def _under(key: PathKey, issue: Issue) -> Issue:
+    """`issue` seen from the parent: paths are built on the way out, on failures only."""
+    return Issue(issue.code, (key, *issue.path), issue.expected, issue.keys, issue.min_length, issue.max_length)
+
+
 class Schema:
     """A validator. `name` is the terminal kind that unions group options by."""
 
     name: str = ""
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        """The first issue of `value` at `path`, or None when it is valid."""
+    def check(self, value: Any) -> Issue | None:
+        """The first issue of `value` (its path relative to `value`), or None when it is valid."""
         raise NotImplementedError
 
     def terminals(self) -> Iterator[Schema]:
@@ -86,9 +85,10 @@ class Schema:
 class _Primitive(Schema):
     def __init__(self, name: str) -> None:
         self.name = name
+        self._issue = Issue("invalid_type", (), (name,))
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        return None if js_type(value) == self.name else Issue("invalid_type", path, (self.name,))
+    def check(self, value: Any) -> Issue | None:
+        return None if js_type(value) == self.name else self._issue
 
 
 STRING: Final = _Primitive("string")
@@ -101,7 +101,7 @@ UNDEFINED: Final = _Primitive("undefined")
 class _Unknown(Schema):
     name = "unknown"
 
-    def check(self, value: Any, path: Path) -> Issue | None:
+    def check(self, value: Any) -> Issue | None:
         return None
 
 
@@ -111,8 +111,8 @@ UNKNOWN: Final = _Unknown()
 class _Never(Schema):
     name = "never"
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        return Issue("invalid_type", path, ())
+    def check(self, value: Any) -> Issue | None:
+        return Issue("invalid_type", (), ())
 
 
 NEVER: Final = _Never()
@@ -123,11 +123,13 @@ class Literal(Schema):
 
     def __init__(self, value: str | int | float | bool) -> None:
         self.value = value
+        self._type = js_type(value)
+        self._issue = Issue("invalid_literal", (), (value,))
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        if js_type(value) == js_type(self.value) and value == self.value:
+    def check(self, value: Any) -> Issue | None:
+        if value == self.value and js_type(value) == self._type:
             return None
-        return Issue("invalid_literal", path, (self.value,))
+        return self._issue
 
 
 class Optional(Schema):
@@ -138,8 +140,8 @@ class Optional(Schema):
     def __init__(self, inner: Schema) -> None:
         self.inner = inner
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        return None if value is MISSING else self.inner.check(value, path)
+    def check(self, value: Any) -> Issue | None:
+        return None if value is MISSING else self.inner.check(value)
 
     def terminals(self) -> Iterator[Schema]:
         yield self
@@ -168,8 +170,8 @@ class Lazy(Schema):
     def name(self) -> str:  # type: ignore[override]
         return self.schema.name
 
-    def check(self, value: Any, path: Path) -> Issue | None:
-        return self.schema.check(value, path)
+    def check(self, value: Any) -> Issue | None:
+        return self.schema.check(value)
 
     def terminals(self) -> Iterator[Schema]:
         if self._recursing:
@@ -186,6 +188,8 @@ _ARRAY_INDEX = re.compile(r"0|[1-9][0-9]{0,9}")
 
 def js_keys(obj: dict[str, Any]) -> list[str]:
     """Keys in JavaScript's own-property order: array indices ascending, then insertion order."""
+    if not any(k[:1].isdigit() for k in obj):
+        return list(obj)
     indices = [k for k in obj if _ARRAY_INDEX.fullmatch(k) and int(k) <= 4294967294]
     if not indices:
         return list(obj)
@@ -213,23 +217,23 @@ class Object(Schema):
     def extend(self, shape: dict[str, Schema]) -> Object:
         return Object({**self.shape, **shape}, self.rest)
 
-    def check(self, value: Any, path: Path) -> Issue | None:
+    def check(self, value: Any) -> Issue | None:
         if not isinstance(value, dict):
-            return Issue("invalid_type", path, ("object",))
+            return Issue("invalid_type", (), ("object",))
         unrecognized: list[str] = []
         for key in js_keys(value):
             schema = self.shape.get(key, self.rest)
             if schema is None:
                 unrecognized.append(key)
                 continue
-            issue = schema.check(value[key], (*path, key))
+            issue = schema.check(value[key])
             if issue is not None:
-                return issue
+                return _under(key, issue)
         for key in self.required:
             if key not in value:
-                return Issue("missing_value", (*path, key))
+                return Issue("missing_value", (key,))
         if unrecognized:
-            return Issue("unrecognized_keys", path, keys=tuple(unrecognized))
+            return Issue("unrecognized_keys", (), keys=tuple(unrecognized))
         return None
 
 
@@ -248,17 +252,17 @@ class Array(Schema):
         self.min_length = len(self.prefix)
         self.max_length = None if rest is not None else self.min_length
 
-    def check(self, value: Any, path: Path) -> Issue | None:
+    def check(self, value: Any) -> Issue | None:
         if not isinstance(value, list):
-            return Issue("invalid_type", path, ("array",))
+            return Issue("invalid_type", (), ("array",))
         if len(value) < self.min_length or (self.max_length is not None and len(value) > self.max_length):
-            return Issue("invalid_length", path, min_length=self.min_length, max_length=self.max_length)
+            return Issue("invalid_length", (), min_length=self.min_length, max_length=self.max_length)
         for i, item in enumerate(value):
             schema = self.prefix[i] if i < len(self.prefix) else self.rest
             assert schema is not None
-            issue = schema.check(item, (*path, i))
+            issue = schema.check(item)
             if issue is not None:
-                return issue
+                return _under(i, issue)
         return None
 
 
@@ -337,13 +341,13 @@ class Union(Schema):
 
     def __init__(self, *options: Schema) -> None:
         self.options = options
-        self._matcher: Callable[[Any, Path], Issue | None] | None = None
+        self._matcher: Callable[[Any], Issue | None] | None = None
 
     def terminals(self) -> Iterator[Schema]:
         for option in self.options:
             yield from option.terminals()
 
-    def check(self, value: Any, path: Path) -> Issue | None:
+    def check(self, value: Any) -> Issue | None:
         if self._matcher is None:
             pairs = [(option, terminal) for option in self.options for terminal in option.terminals()]
             base = _base_matcher(pairs)
@@ -351,20 +355,20 @@ class Union(Schema):
             if by_key is None:
                 self._matcher = base
             else:
-                self._matcher = lambda v, p: by_key(v, p) if isinstance(v, dict) else base(v, p)
-        return self._matcher(value, path)
+                self._matcher = lambda v: by_key(v) if isinstance(v, dict) else base(v)
+        return self._matcher(value)
 
 
 def literal_union(*values: str) -> Union:
     return Union(*(Literal(v) for v in values))
 
 
-def _base_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any, Path], Issue | None]:
+def _base_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any], Issue | None]:
     groups = _group(pairs)
     by_literal = not groups.types and not groups.unknowns
     expected: tuple[Any, ...] = tuple(k[1] for k in groups.literals) if by_literal else tuple(groups.expected_types)
 
-    def match(value: Any, path: Path) -> Issue | None:
+    def match(value: Any) -> Issue | None:
         if value is MISSING:
             options = groups.optionals
         else:
@@ -375,20 +379,20 @@ def _base_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any, Path], I
             if options is None:
                 options = groups.unknowns
         if not options:
-            return Issue("invalid_literal" if by_literal else "invalid_type", path, expected)
+            return Issue("invalid_literal" if by_literal else "invalid_type", (), expected)
         first: Issue | None = None
         for count, option in enumerate(options):
-            issue = option.check(value, path)
+            issue = option.check(value)
             if issue is None:
                 return None
             if count == 0:
                 first = issue
-        return first if len(options) == 1 else Issue("invalid_union", path)
+        return first if len(options) == 1 else Issue("invalid_union", ())
 
     return match
 
 
-def _object_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any, Path], Issue | None] | None:
+def _object_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any], Issue | None] | None:
     """A matcher that picks the one object option named by a discriminating key, if any."""
     if any(t.name == "unknown" for _, t in pairs):
         return None
@@ -403,7 +407,7 @@ def _object_matcher(pairs: list[tuple[Schema, Schema]]) -> Callable[[Any, Path],
     return None
 
 
-def _key_matcher(objects: list[tuple[Schema, Object]], key: str) -> Callable[[Any, Path], Issue | None] | None:
+def _key_matcher(objects: list[tuple[Schema, Object]], key: str) -> Callable[[Any], Issue | None] | None:
     groups = _group([(root, t) for root, obj in objects for t in obj.shape[key].terminals()])
     if groups.unknowns or len(groups.optionals) > 1:
         return None
@@ -412,11 +416,11 @@ def _key_matcher(objects: list[tuple[Schema, Object]], key: str) -> Callable[[An
     by_type = {name: roots[0] for name, roots in groups.types.items()}
     by_literal = {lit: roots[0] for lit, roots in groups.literals.items()}
 
-    def match(value: dict[str, Any], path: Path) -> Issue | None:
+    def match(value: dict[str, Any]) -> Issue | None:
         if key not in value:
             if groups.optionals:
-                return groups.optionals[0].check(value, path)
-            return Issue("missing_value", (*path, key))
+                return groups.optionals[0].check(value)
+            return Issue("missing_value", (key,))
         found = value[key]
         option = by_type.get(js_type(found))
         if option is None:
@@ -424,9 +428,9 @@ def _key_matcher(objects: list[tuple[Schema, Object]], key: str) -> Callable[[An
             option = by_literal.get(lit) if lit is not None else None
         if option is None:
             if groups.types:
-                return Issue("invalid_type", (*path, key), tuple(groups.expected_types))
-            return Issue("invalid_literal", (*path, key), tuple(k[1] for k in groups.literals))
-        return option.check(value, path)
+                return Issue("invalid_type", (key,), tuple(groups.expected_types))
+            return Issue("invalid_literal", (key,), tuple(k[1] for k in groups.literals))
+        return option.check(value)
 
     return match
 
@@ -579,7 +583,7 @@ def message(issue: Issue, root: Any, schema: Schema) -> str:
 
 
 def _deepest_union_message(value: Any, union: Union) -> str:
-    failures = [(option, issue) for option in union.options if (issue := option.check(value, ())) is not None]
+    failures = [(option, issue) for option in union.options if (issue := option.check(value)) is not None]
     failures.sort(key=functools.cmp_to_key(lambda a, b: _path_cmp(a[1].path, b[1].path)))
     if failures and (len(failures) == 1 or _path_cmp(failures[0][1].path, failures[1][1].path) < 0):
         option, issue = failures[0]
@@ -589,5 +593,5 @@ def _deepest_union_message(value: Any, union: Union) -> str:
 
 def validate(value: Any, schema: Schema) -> str | None:
     """None when `value` matches `schema`, else zero-cache's text for the first issue."""
-    issue = schema.check(value, ())
+    issue = schema.check(value)
     return None if issue is None else message(issue, value, schema)

@@ -99,13 +99,18 @@ class ServerWebSocket:
         self._closed: WebSocketClosed | None = None  # set once closing, by either side
         self._close_deadline = math.inf  # when a closing socket stops waiting for the peer
         self._peer_closed = trio.Event()  # the peer's close frame arrived, or the stream ended
-        self._reading = False
+        self._reader_attached = False
         self._parts: list[str | bytes] = []
         self._size = 0
 
     @property
     def closed(self) -> WebSocketClosed | None:
         return self._closed
+
+    def attach_reader(self) -> None:
+        """A task will call `receive_message` until the socket is closed: `close` then leaves
+        reading to it (two readers of one stream would collide)."""
+        self._reader_attached = True
 
     async def send_text(self, text: str) -> None:
         """Raises WebSocketClosed once the socket is closing."""
@@ -142,34 +147,30 @@ class ServerWebSocket:
         After a close frame went out, this keeps reading (and dropping data) until the peer's close
         frame arrives, for at most CLOSE_HANDSHAKE_TIMEOUT_S: closing a TCP stream with unread
         data resets it, and the peer could lose our close frame."""
-        self._reading = True
-        try:
-            while True:
-                for event in self._ws.events():
-                    if isinstance(event, (TextMessage, BytesMessage)):
-                        message = await self._on_data(event)
-                        if message is not None:
-                            return message
-                    elif isinstance(event, Ping):
-                        await self._send_quietly(event.response())
-                    elif isinstance(event, CloseConnection):
-                        await self._on_close_frame(event)
-                if self._peer_closed.is_set():
-                    assert self._closed is not None
-                    raise self._closed
-                data = b""
-                with trio.move_on_at(self._close_deadline):
-                    try:
-                        data = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
-                if not data:
-                    self._peer_closed.set()
-                    raise self._mark_closed(WebSocketClosed(1006, "connection lost"))
-                if self._ws.state is not ConnectionState.CLOSED:
-                    self._ws.receive_data(data)
-        finally:
-            self._reading = False
+        while True:
+            for event in self._ws.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    message = await self._on_data(event)
+                    if message is not None:
+                        return message
+                elif isinstance(event, Ping):
+                    await self._send_quietly(event.response())
+                elif isinstance(event, CloseConnection):
+                    await self._on_close_frame(event)
+            if self._peer_closed.is_set():
+                assert self._closed is not None
+                raise self._closed
+            data = b""
+            with trio.move_on_at(self._close_deadline):
+                try:
+                    data = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if not data:
+                self._peer_closed.set()
+                raise self._mark_closed(WebSocketClosed(1006, "connection lost"))
+            if self._ws.state is not ConnectionState.CLOSED:
+                self._ws.receive_data(data)
 
     async def _on_data(self, event: TextMessage | BytesMessage) -> str | bytes | None:
         if self._closed is not None:
@@ -205,14 +206,16 @@ class ServerWebSocket:
             return
         self._mark_closed(WebSocketClosed(code or 1005, reason))
         status = CloseReason.NO_STATUS_RCVD if code is None else code
-        await self._send_quietly(CloseConnection(code=status, reason=reason or None))
+        # A peer that reads nothing would block the close frame forever.
+        with trio.move_on_at(self._close_deadline):
+            await self._send_quietly(CloseConnection(code=status, reason=reason or None))
 
     async def close(self, code: int | None, reason: str = "") -> None:
         """Send a close frame (`None`: without status code), wait a bounded time for the peer's
-        close frame (read by the running reader, else here), then close the TCP stream."""
+        close frame (read by the attached reader, else here), then close the TCP stream."""
         await self._start_close(code, reason)
         with trio.move_on_at(self._close_deadline):
-            if self._reading:
+            if self._reader_attached:
                 await self._peer_closed.wait()
             else:
                 try:

@@ -102,6 +102,19 @@ export const queries = defineQueries({
       .whereExists('file', q => q.where('isDeleted', false))
       .related('file'),
   ),
+  // The files a user owns, newest first.
+  ownedFiles: defineQuery(({ctx}) =>
+    zql.file.where('ownerId', ctx.userID).where('isDeleted', false).orderBy('updatedAt', 'desc'),
+  ),
+  // Others' shared files the user has opened (has a file_state for), with their owner.
+  sharedWithMe: defineQuery(({ctx}) =>
+    zql.file
+      .where('ownerId', '!=', ctx.userID)
+      .where('shared', true)
+      .where('isDeleted', false)
+      .whereExists('states', q => q.where('userId', ctx.userID))
+      .related('owner'),
+  ),
 });
 
 function mustBeSignedIn(ctx) {
