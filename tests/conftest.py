@@ -14,7 +14,7 @@ import os
 import pytest
 from hypothesis import settings
 
-pytest_plugins = ["tests.fixtures.fix_pg"]
+pytest_plugins = ["tests.fixtures.fix_pg", "tests.fixtures.http_server", "tests.fixtures.app_server"]
 
 # HYPOTHESIS_PROFILE picks one: `ci` (the default) is quick, `dev` digs a little deeper,
 # `slow` is for a nightly or a hunt. No deadline anywhere: shared CI machines stall.

@@ -231,6 +231,17 @@ class QueryEngine:
         """How many distinct rows the query syncs (0 when it failed)."""
     def query_error(self, group: str, query_hash: str) -> str | None:
         """Why the query failed, or ``None`` while it is hydrated."""
+    def fetch_rows(self, keys: Sequence[tuple[str, str]]) -> bytes:
+        """The current value of each ``(table, row key)`` (row keys as in patches, e.g.
+        ``'{"id":"f1"}'``), read in one read transaction: JSON bytes
+        ``{"version": "<state version>", "rows": [{"table", "rowKey", "value", "rowVersion"}, ...]}``
+        in request order. Rows (or tables) that no longer exist are left out. A client catching
+        up from its cookie gets the rows its CVR recorded since, by key, through this."""
+    def client_tables(self) -> bytes:
+        """The replica's queryable tables as a client schema declares them: JSON bytes
+        ``{"version", "replicaVersion", "tables": {"<table>": {"columns": {"<col>": "string" |
+        "number" | "boolean" | "json"}, "unsupported": {"<col>": "<upstream type>"},
+        "primaryKey": [...]}}}`` (``unsupported``: upstream columns that are not replicated)."""
     def index_suggestions(self) -> list[str]:
         """``CREATE INDEX IF NOT EXISTS`` statements that would let the registered queries'
         statements seek instead of scanning the replica (which has primary-key indexes only):

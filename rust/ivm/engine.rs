@@ -1937,6 +1937,8 @@ fn _assert_send() {
     is_send::<QueryEngine>();
 }
 
+mod fetch;
+
 #[cfg(test)]
 mod tests;
 

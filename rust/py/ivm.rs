@@ -118,6 +118,16 @@ impl QueryEngine {
         self.with(py, |e| e.query_error(group, query_hash))
     }
 
+    fn fetch_rows<'py>(&self, py: Python<'py>, keys: Vec<(String, String)>) -> PyResult<Bound<'py, PyBytes>> {
+        let rows = self.with(py, |e| e.fetch_rows(&keys))?;
+        Ok(PyBytes::new(py, &rows))
+    }
+
+    fn client_tables<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let tables = self.with(py, |e| e.client_tables())?;
+        Ok(PyBytes::new(py, &tables))
+    }
+
     fn index_suggestions(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         self.with(py, |e| Ok(e.index_suggestions()))
     }

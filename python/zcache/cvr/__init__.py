@@ -1,0 +1,35 @@
+"""Client view records (CVRs): what each client group has been sent, persisted in Postgres so
+that a client reconnecting with its cookie — to this process or after a restart — receives only
+what changed since. `model` holds the in-memory records, `schema` the tables, `store` the I/O."""
+
+from zcache.cvr.model import (
+    NEW_GROUP_STATE,
+    CatchupRow,
+    CVRFlush,
+    CVRSnapshot,
+    CVRVersion,
+    DesireRecord,
+    InstanceRecord,
+    QueryRecord,
+    RowChange,
+    row_key_text,
+)
+from zcache.cvr.schema import CVRSchemaError, cvr_schema
+from zcache.cvr.store import CVRStore, CVRStoreUnavailable
+
+__all__ = [
+    "NEW_GROUP_STATE",
+    "CVRFlush",
+    "CVRSchemaError",
+    "CVRSnapshot",
+    "CVRStore",
+    "CVRStoreUnavailable",
+    "CVRVersion",
+    "CatchupRow",
+    "DesireRecord",
+    "InstanceRecord",
+    "QueryRecord",
+    "RowChange",
+    "cvr_schema",
+    "row_key_text",
+]

@@ -1,0 +1,513 @@
+"""The view syncer: every client group of the process, one query engine, one CVR store.
+
+`ViewSyncerService` (contract: briefs/contracts.md, branch `view-syncer`) owns
+
+* the `QueryEngine` over the replica file, opened once the replicator has a replica and
+  reopened after a resync (every group's clients are then sent `Rehome` and reload);
+* the client groups (`group.ClientGroup`), created on their first connection and dropped
+  `idle_unload_s` after their last one left (memory goes back; the CVR stays in Postgres);
+* the advance loop: on each new replica version, every loaded group is advanced by the engine
+  in batches of `ADVANCE_BATCH` groups per call (the engine reads each changed row once for the
+  whole batch), their CVR changes are flushed in one transaction per batch, then each group's
+  poke goes to its connections. A group busy with something else (a connection, a transform)
+  is skipped and advances itself before it releases its lock, so every version reaches every
+  group. Batches start at a rotating offset, so no group is always last;
+* a ticker for TTL evictions (on each group's TTL clock) and idle groups, the periodic
+  re-transform of named queries (`ZERO_AUTH_RETRANSFORM_INTERVAL_SECONDS`), and CVR garbage
+  collection (`ZERO_CVR_GARBAGE_COLLECTION_*`).
+
+Engine calls run in worker threads (the engine releases the GIL) one at a time, in the order
+they were asked for (a CapacityLimiter of 1 is FIFO): queueing happens in Trio, fairly.
+
+Refinements of the contract: `__init__` also takes `permissions_loader` (how legacy queries
+get their read permissions; default `Permissions.from_replica`), `development` (`NODE_ENV=
+development`: inspector requests need no admin password; default from the environment) and
+`idle_unload_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+
+from zcache import _native
+from zcache.app_server.queries import QueryTransformer
+from zcache.config import ZeroConfig
+from zcache.cvr import CVRStore, CVRStoreUnavailable, row_key_text
+from zcache.cvr.schema import CVRSchemaError
+from zcache.cvr.store import now_ms
+from zcache.mutations import MutationService, PushContext, PushError
+from zcache.server.protocol import (
+    AckMutationResponses,
+    ChangeDesiredQueries,
+    DeleteClients,
+    InitConnection,
+    Inspect,
+    Push,
+    UpdateAuth,
+    UpstreamMessage,
+)
+from zcache.view_syncer.group import (
+    CONNECTION_QUEUE,
+    ClientGroup,
+    Connection,
+    ConnectRefused,
+    Failure,
+    GroupChange,
+    GroupRetired,
+    Outgoing,
+    Prepared,
+)
+from zcache.view_syncer.inspect import answer_inspect
+from zcache.view_syncer.poke import ShardTables, encode
+
+if TYPE_CHECKING:
+    from zcache.auth import AuthData
+    from zcache.replica.replicator import Replicator
+    from zcache.server.connection import ClientConnection
+
+log = logging.getLogger("zcache.view_syncer")
+
+T = TypeVar("T")
+
+ADVANCE_BATCH = 256
+TICK_S = 0.5
+IDLE_UNLOAD_S = 30.0
+STORE_RETRY_MAX_S = 10.0
+RETRANSFORM_CONCURRENCY = 8
+
+
+class ReadPermissions(Protocol):
+    def bind_read(self, ast: dict[str, Any], auth: AuthData) -> dict[str, Any]: ...
+
+
+def _default_permissions(replica_path: str) -> ReadPermissions:
+    from zcache.auth import Permissions  # type: ignore[attr-defined]
+
+    permissions: ReadPermissions = Permissions.from_replica(replica_path)
+    return permissions
+
+
+class ViewSyncerService:
+    def __init__(
+        self,
+        config: ZeroConfig,
+        *,
+        replicator: Replicator,
+        transformer: QueryTransformer | None,
+        mutations: MutationService | None,
+        cvr_dsn: str,
+        permissions_loader: Callable[[str], ReadPermissions] = _default_permissions,
+        development: bool | None = None,
+        idle_unload_s: float = IDLE_UNLOAD_S,
+    ) -> None:
+        self.config = config
+        self.app_id = config.app.id
+        self.shard_num = config.shard.num
+        self.shard_tables = ShardTables.of(self.app_id, self.shard_num)
+        self.transformer = transformer
+        self.mutations = mutations
+        self.development = os.environ.get("NODE_ENV") == "development" if development is None else development
+        self.store = CVRStore(
+            cvr_dsn,
+            app_id=self.app_id,
+            shard_num=self.shard_num,
+            owner=config.task_id or f"zcache-{secrets.token_hex(6)}",
+            max_conns=config.cvr.max_conns,
+        )
+        self._replicator = replicator
+        self._replica_path = config.replica.file
+        self._permissions_loader = permissions_loader
+        self._permissions: tuple[str, ReadPermissions] | None = None
+        self._idle_unload_s = idle_unload_s
+        self._engine: _native.QueryEngine | None = None
+        self._engine_limiter = trio.CapacityLimiter(1)
+        self._forgotten: list[str] = []
+        self._resyncs = 0
+        self.replica_version = ""
+        self.replica_tables: dict[str, Any] = {}
+        self.groups: dict[str, ClientGroup] = {}
+        self._ready = trio.Event()
+        self._rotation = 0
+        # The replica version the last advance of every group reached (groups busy then follow
+        # before their lock is released).
+        self.advanced_version = ""
+        self._advanced = trio.Event()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # --- the engine ---------------------------------------------------------------------------
+
+    async def _in_engine(self, fn: Callable[[_native.QueryEngine], T]) -> T:
+        engine = self._engine
+        assert engine is not None, "the view syncer is not running"
+        forgotten, self._forgotten = self._forgotten, []
+
+        def call() -> T:
+            for group_id in forgotten:
+                engine.remove_group(group_id)
+            return fn(engine)
+
+        return await trio.to_thread.run_sync(call, limiter=self._engine_limiter)
+
+    def forget_engine_group(self, group_id: str) -> None:
+        """The engine drops the group before its next call."""
+        self._forgotten.append(group_id)
+
+    async def engine_add(self, group_id: str, adds: list[tuple[str, str]]) -> list[dict[str, Any] | str]:
+        """Adds queries; per query its patch, or why the engine refused its AST."""
+
+        def call(engine: _native.QueryEngine) -> list[dict[str, Any] | str]:
+            out: list[dict[str, Any] | str] = []
+            for query_hash, ast_json in adds:
+                try:
+                    out.append(json.loads(engine.add_query(group_id, query_hash, ast_json)))
+                except _native.InvalidQueryError as e:
+                    out.append(str(e))
+            return out
+
+        return await self._in_engine(call)
+
+    async def engine_remove(self, group_id: str, query_hash: str) -> dict[str, Any]:
+        patch: dict[str, Any] = await self._in_engine(lambda e: json.loads(e.remove_query(group_id, query_hash)))
+        return patch
+
+    async def engine_advance(self, group_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return await self._in_engine(lambda e: {g: json.loads(p) for g, p in e.advance(group_ids)})
+
+    async def fetch_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Current row values by (table, row key text)."""
+        result = await self._in_engine(lambda e: json.loads(e.fetch_rows(keys)))
+        return {(r["table"], row_key_text(r["rowKey"])): r["value"] for r in result["rows"]}
+
+    async def query_row_counts(self, group_id: str, hashes: list[str]) -> dict[str, int]:
+        return await self._in_engine(lambda e: {h: e.query_rows(group_id, h) for h in hashes})
+
+    async def refresh_replica_tables(self) -> None:
+        tables = await self._in_engine(lambda e: json.loads(e.client_tables()))
+        self.replica_version = tables["replicaVersion"]
+        self.replica_tables = tables["tables"]
+
+    async def bind_legacy(self, ast: dict[str, Any], auth: AuthData) -> dict[str, Any]:
+        """A legacy (client AST) query with the replica's read permissions applied."""
+        version = self._replicator.versions.version
+        if self._permissions is None or self._permissions[0] != version:
+            loaded = await trio.to_thread.run_sync(self._permissions_loader, self._replica_path)
+            self._permissions = (version, loaded)
+        return self._permissions[1].bind_read(ast, auth)
+
+    async def _open_engine(self) -> None:
+        self._resyncs = self._replicator.statistics().resyncs
+        self._engine = await trio.to_thread.run_sync(_native.QueryEngine, self._replica_path)
+        self._forgotten = []
+        await self.refresh_replica_tables()
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[ViewSyncerService] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._prepare_store()
+        await self._replicator.versions.wait_newer_than("")
+        await self._open_engine()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._advance_loop)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self._retransform_loop)
+                nursery.start_soon(self._gc_loop)
+                self._ready.set()
+                task_status.started(self)
+        finally:
+            self.store.close()
+
+    async def _prepare_store(self) -> None:
+        delay = 0.25
+        while True:
+            try:
+                await self.store.ensure_schema()
+                return
+            except CVRSchemaError:
+                raise
+            except CVRStoreUnavailable as e:
+                log.warning("CVR database not ready (%s); retrying in %.1fs", e, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    async def _advance_loop(self) -> None:
+        seen = self._replicator.versions.version
+        while True:
+            seen = await self._replicator.versions.wait_newer_than(seen)
+            if self._replicator.statistics().resyncs != self._resyncs:
+                await self._replica_rebuilt()
+                continue
+            await self.advance_all()
+            self.advanced_version = seen
+            self._advanced.set()
+            self._advanced = trio.Event()
+
+    async def wait_advanced(self, version: str) -> None:
+        """Returns once every group was advanced to `version` (or a later one)."""
+        while self.advanced_version < version:
+            await self._advanced.wait()
+
+    async def advance_all(self) -> None:
+        """Advances every loaded group to the replica's current version."""
+        groups = [g for g in self.groups.values() if g.loaded]
+        if not groups:
+            return
+        self._rotation = (self._rotation + 1) % len(groups)
+        groups = groups[self._rotation :] + groups[: self._rotation]
+        for start in range(0, len(groups), ADVANCE_BATCH):
+            held: list[ClientGroup] = []
+            for g in groups[start : start + ADVANCE_BATCH]:
+                if g.try_lock():
+                    held.append(g)
+                else:
+                    g.needs_advance = True
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._advance_batch([g for g in held if g.loaded])
+            finally:
+                for g in held:
+                    g.unlock()
+
+    async def _advance_batch(self, groups: list[ClientGroup]) -> None:
+        if not groups:
+            return
+        patches = await self.engine_advance([g.id for g in groups])
+        prepared: list[tuple[ClientGroup, Prepared]] = []
+        for g in groups:
+            g.needs_advance = False
+            change = GroupChange()
+            g.absorb(change, patches[g.id])
+            p = g.prepare(change)
+            if p is not None:
+                prepared.append((g, p))
+        if not prepared:
+            return
+        try:
+            rejected = await self.store.flush([p.flush for _, p in prepared])
+        except CVRStoreUnavailable as e:
+            for g, _ in prepared:
+                g.store_failed(e)
+            return
+        for g, p in prepared:
+            g.finish(p, rejected=g.id in rejected)
+
+    async def _replica_rebuilt(self) -> None:
+        log.warning("the replica was rebuilt; every client group reloads")
+        for g in list(self.groups.values()):
+            async with g.locked():
+                g.fail_all("Rehome", "The replica was rebuilt; reconnect", maxBackoffMs=0)
+            g.retire()
+        self.groups.clear()
+        await self._open_engine()
+
+    async def _ticker(self) -> None:
+        """TTL evictions and idle groups."""
+        while True:
+            await trio.sleep(TICK_S)
+            now = trio.current_time()
+            for g in list(self.groups.values()):
+                if g.connections and g.loaded:
+                    expiry = g.next_expiry()
+                    if expiry is not None and expiry <= g.ttl_now():
+                        await g.evict_expired()
+                elif not g.connections and g.idle_since is not None and now - g.idle_since >= self._idle_unload_s:
+                    if g.try_lock():
+                        try:
+                            if not g.connections:
+                                g.retire()
+                                if self.groups.get(g.id) is g:
+                                    del self.groups[g.id]
+                        finally:
+                            g.unlock()
+
+    async def _retransform_loop(self) -> None:
+        interval = self.config.auth.retransform_interval_seconds
+        if self.transformer is None or interval <= 0:
+            return
+        limiter = trio.CapacityLimiter(RETRANSFORM_CONCURRENCY)
+        while True:
+            await trio.sleep(interval)
+            async with trio.open_nursery() as nursery:
+                for g in list(self.groups.values()):
+                    handles = list(g.connections.values())
+                    if g.loaded and handles and any(q.name is not None for q in g.queries.values()):
+                        nursery.start_soon(self._retransform, g, handles[0], limiter)
+
+    async def _retransform(self, group: ClientGroup, handle: Connection, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                await group.sync_queries(handle, retransform=True)
+            except ConnectRefused as e:
+                handle.offer(Failure(e.kind, e.message, e.extra))
+            except (CVRStoreUnavailable, GroupRetired):
+                pass
+
+    async def _gc_loop(self) -> None:
+        cvr = self.config.cvr
+        if cvr.garbage_collection_initial_batch_size <= 0:
+            return
+        interval = max(cvr.garbage_collection_initial_interval_seconds, 1.0)
+        while True:
+            await trio.sleep(interval)
+            try:
+                connected = [g.id for g in self.groups.values() if g.connections and g.loaded]
+                await self.store.touch(connected)
+                threshold = cvr.garbage_collection_inactivity_threshold_hours * 3_600_000
+                purged = await self.store.collect_garbage(
+                    inactive_before_ms=now_ms() - threshold, limit=cvr.garbage_collection_initial_batch_size
+                )
+                if purged:
+                    log.info("purged %d inactive client groups", len(purged))
+            except CVRStoreUnavailable as e:
+                log.warning("CVR garbage collection skipped: %s", e)
+            # Up to 16 minutes between passes, as zero-cache does.
+            interval = min(interval * 2, 16 * 60.0)
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def _group(self, group_id: str) -> ClientGroup:
+        group = self.groups.get(group_id)
+        if group is None or group.retired:
+            group = ClientGroup(self, group_id)
+            self.groups[group_id] = group
+        return group
+
+    async def serve_client(
+        self, conn: ClientConnection, init: InitConnection, inbox: trio.MemoryReceiveChannel[UpstreamMessage]
+    ) -> None:
+        """Serves one connection until its inbox closes (the socket closed) or the group drops it."""
+        await self._ready.wait()
+        send, receive = trio.open_memory_channel[Outgoing](CONNECTION_QUEUE)
+        handle = Connection(conn, init, send)
+        handle.push = self._push_context(handle)
+        group: ClientGroup | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                handle.scope = nursery.cancel_scope
+                nursery.start_soon(_send_loop, handle, receive)
+                try:
+                    await self.refresh_replica_tables()
+                    while True:
+                        group = self._group(conn.params.client_group_id)
+                        try:
+                            deleted = await group.connect(handle)
+                            break
+                        except GroupRetired:
+                            continue
+                    if deleted:
+                        await self._deleted_clients(handle, deleted)
+                    await group.sync_queries(handle, retransform=True)
+                    async for message in inbox:
+                        await self._dispatch(group, handle, message)
+                except ConnectRefused as e:
+                    handle.offer(Failure(e.kind, e.message, e.extra))
+                    await trio.sleep_forever()
+                except CVRStoreUnavailable as e:
+                    handle.offer(
+                        Failure("ServerOverloaded", f"The CVR database is unavailable: {e}", {"minBackoffMs": 1000, "maxBackoffMs": 10000})
+                    )
+                    await trio.sleep_forever()
+                except GroupRetired:
+                    handle.offer(Failure("Rehome", "The client group was reloaded; reconnect", {"maxBackoffMs": 0}))
+                    await trio.sleep_forever()
+                nursery.cancel_scope.cancel()
+        finally:
+            if group is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await group.disconnect(handle)
+                    except GroupRetired:
+                        pass
+
+    async def _dispatch(self, group: ClientGroup, handle: Connection, message: UpstreamMessage) -> None:
+        match message:
+            case ChangeDesiredQueries(desired_queries_patch=patch):
+                await group.change_desired(handle, patch)
+            case UpdateAuth():
+                # The edge re-authenticated the token (conn.auth is the new one): pushes and
+                # named queries go on with it.
+                handle.push = self._push_context(handle)
+                await group.sync_queries(handle, retransform=True)
+            case Push(body=body):
+                await self._push(handle, body)
+            case AckMutationResponses(client_id=client_id, id=up_to):
+                if self.mutations is not None and handle.push is not None:
+                    await self.mutations.ack_mutation_responses(handle.push, client_id, int(up_to))
+            case DeleteClients(client_ids=client_ids):
+                await self._deleted_clients(handle, client_ids)
+                await group.delete_clients(handle, client_ids)
+            case Inspect(body=body):
+                handle.offer([encode(m) for m in await answer_inspect(self, group, handle, body)])
+
+    async def _deleted_clients(self, handle: Connection, client_ids: list[str]) -> None:
+        handle.offer([encode(["deleteClients", {"clientIDs": client_ids}])])
+        if self.mutations is not None and handle.push is not None:
+            await self.mutations.delete_clients(handle.push, client_ids)
+
+    async def _push(self, handle: Connection, body: dict[str, Any]) -> None:
+        if self.mutations is None or handle.push is None:
+            raise ConnectRefused(
+                "InvalidPush", "A ZERO_MUTATE_URL must be set in order to process custom mutations."
+            )
+        try:
+            await self.mutations.push(handle.push, body)
+        except PushError as e:
+            raise ConnectRefused(e.body["kind"], e.body.get("message", ""), **{k: v for k, v in e.body.items() if k not in ("kind", "message")}) from None
+
+    def _push_context(self, handle: Connection) -> PushContext | None:
+        if self.mutations is None:
+            return None
+        conn, init = handle.conn, handle.init
+
+        async def send_error(body: dict[str, Any]) -> None:
+            handle.offer([encode(["error", body])])
+
+        async def fail(body: dict[str, Any]) -> None:
+            extra = {k: v for k, v in body.items() if k not in ("kind", "message")}
+            handle.offer(Failure(body["kind"], body.get("message", ""), extra))
+
+        return PushContext(
+            client_group_id=conn.params.client_group_id,
+            client_id=conn.params.client_id,
+            auth=conn.auth,
+            user_push_url=init.user_push_url,
+            client_headers=init.user_push_headers,
+            request_headers=conn.request_headers,
+            cookie=conn.cookie,
+            origin=conn.origin,
+            send_error=send_error,
+            fail=fail,
+        )
+
+    def statistics(self) -> Mapping[str, int]:
+        return {
+            "client_groups": len(self.groups),
+            "loaded_client_groups": sum(1 for g in self.groups.values() if g.loaded),
+            "connections": sum(len(g.connections) for g in self.groups.values()),
+        }
+
+
+async def _send_loop(handle: Connection, receive: trio.MemoryReceiveChannel[Outgoing]) -> None:
+    """Drains one connection's queue onto its socket; an error ends the connection."""
+    async with receive:
+        async for item in receive:
+            try:
+                if isinstance(item, Failure):
+                    await handle.conn.fail(item.kind, item.message, **item.extra)
+                    handle.scope.cancel()
+                    return
+                await handle.conn.send_many(item)
+            except Exception as e:  # ClientGone (the socket is closing) or a failed socket
+                log.debug("client %s: send stopped (%s)", handle.client_id, e)
+                handle.scope.cancel()
+                return
+

@@ -1,0 +1,194 @@
+"""The CVR store against real Postgres: schema creation, round trips of every record, catch-up
+reads, ownership and concurrent modification (→ rejected groups), garbage collection, and a
+database that cannot be reached."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import trio
+
+from zcache.cvr import (
+    CatchupRow,
+    CVRFlush,
+    CVRStore,
+    CVRStoreUnavailable,
+    CVRVersion,
+    DesireRecord,
+    InstanceRecord,
+    QueryRecord,
+    RowChange,
+    cvr_schema,
+    row_key_text,
+)
+from zcache.cvr.store import now_ms
+
+
+def store(dsn: str, owner: str = "task-a") -> CVRStore:
+    return CVRStore(dsn, app_id="zero", shard_num=0, owner=owner, max_conns=3)
+
+
+def instance(group: str, version: CVRVersion, **kw: object) -> InstanceRecord:
+    return InstanceRecord(group_id=group, version=version, last_active_ms=now_ms(), **kw)  # type: ignore[arg-type]
+
+
+def key(**k: object) -> str:
+    return row_key_text(dict(k))
+
+
+def test_versions_order_as_cookies() -> None:
+    v0 = CVRVersion("00")
+    assert v0.cookie == "00"
+    v1 = v0.next("00")
+    assert v1.cookie == "00:01"
+    v2 = v1.next("527vbqo")
+    assert v2.cookie == "527vbqo"
+    v3 = v2.next("527vbqo").next("527vbqo")
+    assert v3.cookie == "527vbqo:02"
+    assert CVRVersion.parse("527vbqo:02") == v3
+    assert sorted([v3, v0, v2, v1]) == [v0, v1, v2, v3]
+    assert [v.cookie for v in sorted([v3, v0, v2, v1])] == sorted(v.cookie for v in (v0, v1, v2, v3))
+    with pytest.raises(ValueError, match="malformed cookie"):
+        CVRVersion.parse("zz:nope")
+
+
+async def test_round_trip_and_catchup(pg_dsn: str, pg_conn: psycopg.Connection) -> None:
+    s = store(pg_dsn)
+    await s.ensure_schema()
+    await s.ensure_schema()  # idempotent
+    tables = {r[0] for r in pg_conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [cvr_schema("zero", 0)])}
+    assert tables == {"instances", "clients", "queries", "desires", "rows", "rowsVersion", "versionHistory"}
+    assert pg_conn.execute('SELECT count(*) FROM "zero_0/cvr"."versionHistory"').fetchone() == (1,)
+
+    assert (await s.load("g1", granted_at_ms=now_ms())).instance is None
+    v1 = CVRVersion("00", 1)
+    schema = {"tables": {"file": {"columns": {"id": {"type": "string"}}, "primaryKey": ["id"]}}}
+    first = CVRFlush(
+        instance(
+            "g1",
+            v1,
+            client_schema=schema,
+            profile_id="p1",
+            granted_at_ms=now_ms(),
+            ttl_clock_ms=12.5,
+        ),
+        expected_version=None,
+        clients_added=["c1", "c2"],
+        queries=[QueryRecord("q1", name="filesByOwner", args=[{"ownerId": "u1"}])],
+        desires=[DesireRecord("c1", "q1", v1, ttl_ms=300000.0)],
+    )
+    assert await s.flush([first]) == set()
+
+    v2 = CVRVersion("527vbqo")
+    second = CVRFlush(
+        instance("g1", v2, client_schema=schema, profile_id="p1", replica_version="4abc", ttl_clock_ms=99.0),
+        expected_version=v1,
+        clients_removed=["c2"],
+        queries=[
+            QueryRecord("q1", name="filesByOwner", args=[{"ownerId": "u1"}], patch_version=v2, transformation_hash="t1", transformation_version=v2),
+            QueryRecord("lmids", client_ast={"table": "zero_0.clients"}, internal=True, patch_version=v2),
+        ],
+        rows=[
+            RowChange("file", key(id="f1"), "4abc"),
+            RowChange("file", key(id="f2"), "4abd"),
+            RowChange("file_state", key(userId="u1", fileId="f1"), "4abc"),
+        ],
+    )
+    assert await s.flush([second]) == set()
+
+    v3 = CVRVersion("527vbqo", 1)
+    third = CVRFlush(
+        instance("g1", v3, client_schema=schema, profile_id="p1", replica_version="4abc", ttl_clock_ms=120.0),
+        expected_version=v2,
+        desires=[DesireRecord("c1", "q1", v3, deleted=True, ttl_ms=0.0, inactivated_at_ms=120.0)],
+        rows=[RowChange("file", key(id="f2"), None), RowChange("file", key(id="f1"), "5aaa")],
+    )
+    assert await s.flush([third]) == set()
+
+    snap = await s.load("g1", granted_at_ms=now_ms())
+    assert snap.instance is not None
+    assert snap.instance.version == v3
+    assert snap.instance.client_schema == schema
+    assert snap.instance.profile_id == "p1"
+    assert snap.instance.replica_version == "4abc"
+    assert snap.instance.ttl_clock_ms == 120.0
+    assert snap.instance.owner == "task-a"
+    assert snap.clients == {"c1"}
+    assert snap.queries["q1"].patch_version == v2
+    assert snap.queries["q1"].transformation_hash == "t1"
+    assert snap.queries["q1"].args == [{"ownerId": "u1"}]
+    assert snap.queries["lmids"].internal and snap.queries["lmids"].client_ast == {"table": "zero_0.clients"}
+    assert snap.desires[("c1", "q1")] == DesireRecord("c1", "q1", v3, deleted=True, ttl_ms=0.0, inactivated_at_ms=120.0)
+
+    assert await s.row_versions("g1") == {
+        ("file", key(id="f1")): "5aaa",
+        ("file_state", key(fileId="f1", userId="u1")): "4abc",
+    }
+    everything = await s.catchup_rows("g1", None)
+    assert sorted((r.table, row_key_text(r.row_key)) for r in everything) == [("file", key(id="f1")), ("file_state", key(fileId="f1", userId="u1"))]
+    since_v2 = await s.catchup_rows("g1", v2)
+    assert sorted(since_v2, key=lambda r: row_key_text(r.row_key)) == [
+        CatchupRow("file", {"id": "f1"}, "5aaa"),
+        CatchupRow("file", {"id": "f2"}, None),
+    ]
+    assert await s.catchup_rows("g1", v3) == []
+    assert pg_conn.execute('SELECT "version" FROM "zero_0/cvr"."rowsVersion" WHERE "clientGroupID" = %s', ["g1"]).fetchone() == (v3.cookie,)
+    s.close()
+
+
+async def test_a_later_owner_takes_the_group(pg_dsn: str) -> None:
+    a, b = store(pg_dsn, "task-a"), store(pg_dsn, "task-b")
+    await a.ensure_schema()
+    v1 = CVRVersion("00", 1)
+    assert await a.flush([CVRFlush(instance("g", v1, granted_at_ms=now_ms()), expected_version=None)]) == set()
+    # Both start a new group "n" at once: the second flush finds the first one's row.
+    assert await b.flush([CVRFlush(instance("n", v1), expected_version=None)]) == set()
+    assert await a.flush([CVRFlush(instance("n", v1), expected_version=None)]) == {"n"}
+
+    await a.load("g", granted_at_ms=now_ms())
+    await trio.sleep(0.01)
+    snap = await b.load("g", granted_at_ms=now_ms())
+    assert snap.instance is not None and snap.instance.owner == "task-b"
+    # a's flush is refused (b owns it now); b's goes through; in a batch only "g" is refused.
+    v2 = CVRVersion("00", 2)
+    other = CVRFlush(instance("h", v1), expected_version=None)
+    assert await a.flush([CVRFlush(instance("g", v2), expected_version=v1), other]) == {"g"}
+    assert await b.flush([CVRFlush(instance("g", v2), expected_version=v1)]) == set()
+    # A stale expected version is refused too (a concurrent modification).
+    assert await b.flush([CVRFlush(instance("g", CVRVersion("00", 3)), expected_version=v1)]) == {"g"}
+    # An older grant does not take the group back.
+    await a.load("g", granted_at_ms=now_ms() - 60_000)
+    snap = await a.load("g", granted_at_ms=0)
+    assert snap.instance is not None and snap.instance.owner == "task-b" and snap.instance.version == v2
+    a.close()
+    b.close()
+
+
+async def test_garbage_collection(pg_dsn: str, pg_conn: psycopg.Connection) -> None:
+    s = store(pg_dsn)
+    await s.ensure_schema()
+    v1 = CVRVersion("00", 1)
+    old = InstanceRecord(group_id="old", version=v1, last_active_ms=now_ms() - 3_600_000)
+    fresh = InstanceRecord(group_id="fresh", version=v1, last_active_ms=now_ms())
+    await s.flush(
+        [
+            CVRFlush(old, None, clients_added=["c"], queries=[QueryRecord("q")], desires=[DesireRecord("c", "q", v1)], rows=[RowChange("file", key(id="x"), "1")]),
+            CVRFlush(fresh, None, clients_added=["c"]),
+        ]
+    )
+    assert await s.collect_garbage(inactive_before_ms=now_ms() - 60_000, limit=10) == ["old"]
+    assert await s.collect_garbage(inactive_before_ms=now_ms() - 60_000, limit=10) == []
+    snap = await s.load("old", granted_at_ms=now_ms())
+    assert snap.instance is not None and snap.instance.deleted
+    assert not snap.clients and not snap.queries and not snap.desires
+    assert await s.row_versions("old") == {}
+    assert (await s.load("fresh", granted_at_ms=now_ms())).clients == {"c"}
+    s.close()
+
+
+async def test_unreachable_database(pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    s = CVRStore(pg_cluster.dsn("no_such_database_zcache"), app_id="zero", shard_num=0, owner="t", max_conns=1)
+    with pytest.raises(CVRStoreUnavailable, match="CVR database unavailable"):
+        await s.ensure_schema()
+    with pytest.raises(CVRStoreUnavailable):
+        await s.load("g", granted_at_ms=now_ms())
