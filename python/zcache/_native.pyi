@@ -214,6 +214,15 @@ class QueryEngine:
     def advance(self, groups: Sequence[str]) -> list[tuple[str, bytes]]:
         """Advance each group to the replica's current version: one ``(group, patch)`` per
         group, in order. Unknown groups are created empty at that version."""
+    def advance_within(self, groups: Sequence[str], budget: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """Advance groups in order, as :meth:`advance` does, until ``budget`` units of work are
+        spent: one per group, plus one per row read from the replica and per row put or deleted
+        in its patch (a one-row change seen by a group costs about 2, hydrating a 10,000-row
+        query about 20,000). The group that reaches the budget finishes, and the first group
+        always advances. Returns ``(patches, rest)``: ``(group, patch)`` for the groups advanced
+        (a prefix of ``groups``) and the groups left at their version, to pass first to a later
+        call, so that a caller can serve other work (other groups, new queries) between slices
+        instead of holding the engine for one long call."""
     def remove_group(self, group: str) -> None:
         """Forget a group and its queries (no patch)."""
     def group_version(self, group: str) -> str:
@@ -242,6 +251,12 @@ class QueryEngine:
     def statistics(self) -> dict[str, int]:
         """Sizes (groups, queries, partitions, rows) and cumulative counters (hydrations,
         statements run, rehydrations, ...)."""
+    def select_baseline(self, sql: str, params: Sequence[str | int | float | None]) -> int:
+        """For benchmarks: run a read-only ``SELECT`` through the engine's own connection (in
+        its own short read transaction) and read every column of every row, as the engine's
+        statements do, without building anything from them; returns the row count. What
+        hydrating the same rows costs beyond this is the engine's own work."""
+
 
 def read_patch(patch: bytes) -> tuple[str, list[tuple[str, str, str | None, str]], dict[str, str]]:
     """A patch (of ``QueryEngine``) as pokes and CVR flushes use it: ``(version, rows,

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::pg::schema::TableSpec;
 
 use super::ast::{parse_ast_json, Ast};
+use super::interest::{group_of, query_key, Interest, Reg};
 use super::plan::{compile, NodeKind, Plan, ReadCache, Stmt, TableInfo};
 use super::value::{part_key, write_json_str, FastMap, FastSet, KeyVal, PartKey, Row, Val};
 
@@ -27,6 +28,8 @@ struct Counters {
     exists_checks: u64,
     parent_lookups: u64,
     row_reads: u64,
+    /// Rows returned by partition statements (hydrations, refills, parent lookups).
+    rows_read: u64,
     changes_read: u64,
     advances: u64,
     rehydrations: u64,
@@ -64,14 +67,32 @@ struct NodeState {
 /// A hydrated query's state.
 #[derive(Debug)]
 struct QState {
+    /// The query's key in the engine's `Interest`.
+    key: u64,
     nodes: Vec<NodeState>,
     /// Table id of each node.
     tids: Vec<u32>,
-    /// Synced rows this query holds, with how many partition entries hold each.
+    /// Rows of `counted` nodes (see `NodePlan::counted`) this query holds, with how many
+    /// partition entries hold each.
     rows: FastMap<RowId, u32>,
+    /// Synced nodes that are not counted: each of their entries is a row the query holds.
+    direct: Vec<usize>,
+    /// The plan's registrations in the engine's `Interest` (see `Plan::regs`), and the
+    /// `related` nodes, whose partitions are registered as pins on their correlation columns.
+    regs: Vec<Reg>,
+    related: Vec<(usize, Box<[usize]>)>,
+}
+
+impl QState {
+    /// How many distinct rows the query syncs.
+    fn synced_rows(&self) -> usize {
+        self.rows.len() + self.direct.iter().map(|&n| self.nodes[n].rows.len()).sum::<usize>()
+    }
 }
 
 struct Query {
+    /// The query's key in the engine's `Interest` (`interest::query_key`).
+    key: u64,
     ast: Ast,
     plan: Option<Arc<Plan>>,
     state: Option<QState>,
@@ -83,9 +104,30 @@ struct Query {
 struct GroupRow {
     refs: u32,
     version: Arc<str>,
+    /// While a call accumulates the group's patch: 1 + the row's index in `Acc::list` once the
+    /// call has touched it; 0 otherwise (and between calls).
+    touched: u32,
+}
+
+impl Group {
+    fn new(next_id: &mut u32, version: &str, specs_gen: u64) -> Group {
+        let id = *next_id;
+        *next_id = next_id.wrapping_add(1);
+        Group {
+            id,
+            next_query: 0,
+            version: version.to_owned(),
+            specs_gen,
+            queries: BTreeMap::new(),
+            rows: FastMap::default(),
+        }
+    }
 }
 
 struct Group {
+    /// The group's number in the engine's `Interest`, and the number its next query gets.
+    id: u32,
+    next_query: u32,
     version: String,
     specs_gen: u64,
     queries: BTreeMap<String, Query>,
@@ -106,6 +148,8 @@ struct Db {
 pub struct QueryEngine {
     db: Db,
     groups: FastMap<String, Group>,
+    interest: Interest,
+    next_group_id: u32,
     counters: Counters,
 }
 
@@ -117,25 +161,42 @@ struct Change {
     op: String,
 }
 
-/// A changed row: its table (id and name) and key.
-#[derive(Clone, Copy)]
-struct RowChange<'c> {
+/// A changed row: its table and key, and its value at the call's version (read at most once,
+/// for the first group that needs it, and shared by all).
+struct RowChange {
     tid: u32,
-    table: &'c str,
-    key: &'c Arc<str>,
+    key: Arc<str>,
+    /// `Some(None)`: read, and the row does not exist.
+    row: std::cell::OnceCell<Option<Arc<Row>>>,
 }
 
-/// The change-log entries read by one call, prepared once for all the groups it advances.
-struct ChangeSet<'c> {
-    changes: &'c [Change],
+/// The change-log entries after some version, read once by a call and prepared for all the
+/// groups it advances.
+struct ChangeSet {
+    /// The version the entries follow, and the replica's version they lead to.
+    since: String,
+    version: String,
+    changes: Vec<Change>,
     /// Row entries: (index in `changes`, the change).
-    rows: Vec<(usize, RowChange<'c>)>,
+    rows: Vec<(usize, RowChange)>,
     /// Whole-table entries (`t`, `r`): (index in `changes`, table).
-    whole: Vec<(usize, &'c str)>,
+    whole: Vec<(usize, String)>,
 }
 
-impl<'c> ChangeSet<'c> {
-    fn new(changes: &'c [Change], db: &Db) -> Self {
+impl ChangeSet {
+    fn empty(version: &str) -> Self {
+        ChangeSet {
+            since: version.to_owned(),
+            version: version.to_owned(),
+            changes: Vec::new(),
+            rows: Vec::new(),
+            whole: Vec::new(),
+        }
+    }
+
+    /// The entries after `since`, up to `version` (the read transaction's).
+    fn read(db: &Db, since: &str, version: &str) -> Result<Self> {
+        let changes = db.changes_since(since)?;
         let mut rows = Vec::with_capacity(changes.len());
         let mut whole = Vec::new();
         for (i, c) in changes.iter().enumerate() {
@@ -146,16 +207,36 @@ impl<'c> ChangeSet<'c> {
                             i,
                             RowChange {
                                 tid,
-                                table: c.table.as_str(),
-                                key,
+                                key: key.clone(),
+                                row: std::cell::OnceCell::new(),
                             },
                         ));
                     }
                 }
-                _ => whole.push((i, c.table.as_str())),
+                _ => whole.push((i, c.table.clone())),
             }
         }
-        ChangeSet { changes, rows, whole }
+        Ok(ChangeSet {
+            since: since.to_owned(),
+            version: version.to_owned(),
+            changes,
+            rows,
+            whole,
+        })
+    }
+
+    /// The groups the row changes may concern (see `ivm::interest`).
+    fn candidates(&self, ctx: &Ctx<'_>, interest: &Interest) -> Result<FastSet<u64>> {
+        let mut out = FastSet::default();
+        for (_, change) in &self.rows {
+            let row = if interest.has_pins(change.tid) {
+                ctx.changed_row(change)?
+            } else {
+                None
+            };
+            interest.candidates(change.tid, &change.key, row.map(|r| &**r), &mut out);
+        }
+        Ok(out)
     }
 
     /// The index of the first entry after `version`.
@@ -178,17 +259,35 @@ type ParentCache = FastMap<(Arc<str>, PartKey), Arc<Vec<Arc<Row>>>>;
 /// A patch being accumulated for one group in one call.
 struct Acc<'g> {
     rows: &'g mut FastMap<RowId, GroupRow>,
-    /// Index into `list` of each touched row.
-    touched: FastMap<RowId, usize>,
+    /// The engine's record of which queries hold or pin what.
+    interest: &'g mut Interest,
+    /// Rows that left the group during this call, with their index in `list` (they may come
+    /// back before the call ends). Rows still in the group carry their index themselves.
+    left: FastMap<RowId, usize>,
     list: Vec<Touched>,
     errors: Vec<(String, String)>,
 }
 
+/// Records a row still in the group as touched by the call (its version before the call, on
+/// the first touch); returns its index in `list`.
+fn touch_held(list: &mut Vec<Touched>, rid: &RowId, r: &mut GroupRow) -> usize {
+    if r.touched == 0 {
+        list.push(Touched {
+            rid: rid.clone(),
+            before: Some(r.version.clone()),
+            row: None,
+        });
+        r.touched = u32::try_from(list.len()).expect("fewer than 2^32 rows in one patch");
+    }
+    r.touched as usize - 1
+}
+
 impl<'g> Acc<'g> {
-    fn new(rows: &'g mut FastMap<RowId, GroupRow>) -> Self {
+    fn new(rows: &'g mut FastMap<RowId, GroupRow>, interest: &'g mut Interest) -> Self {
         Acc {
             rows,
-            touched: FastMap::default(),
+            interest,
+            left: FastMap::default(),
             list: Vec::new(),
             errors: Vec::new(),
         }
@@ -196,60 +295,39 @@ impl<'g> Acc<'g> {
 
     fn reserve(&mut self, additional: usize) {
         self.rows.reserve(additional);
-        self.touched.reserve(additional);
         self.list.reserve(additional);
-    }
-
-    /// Records the row's state before the call, on its first touch.
-    fn touch(&mut self, rid: &RowId) -> &mut Touched {
-        let Acc {
-            touched, rows, list, ..
-        } = self;
-        let i = *touched.entry(rid.clone()).or_insert_with(|| {
-            list.push(Touched {
-                rid: rid.clone(),
-                before: rows.get(rid).map(|r| r.version.clone()),
-                row: None,
-            });
-            list.len() - 1
-        });
-        &mut list[i]
     }
 
     /// A query starts holding the row.
     fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
         use std::collections::hash_map::Entry as E;
-        let Acc {
-            touched, rows, list, ..
-        } = self;
-        let (rid, previous) = match rows.entry(rid) {
+        let Acc { rows, list, left, .. } = self;
+        match rows.entry(rid) {
             E::Occupied(mut o) => {
-                let r = o.get_mut();
+                let (rid, r) = (o.key().clone(), o.get_mut());
                 r.refs += 1;
-                if r.version == row.version {
-                    return;
+                if r.version != row.version {
+                    let i = touch_held(list, &rid, r);
+                    r.version = row.version.clone();
+                    list[i].row = Some(row.clone());
                 }
-                let before = std::mem::replace(&mut r.version, row.version.clone());
-                (o.key().clone(), Some(before))
             }
             E::Vacant(v) => {
-                let rid = v.key().clone();
+                let back = if left.is_empty() { None } else { left.remove(v.key()) };
+                let i = back.unwrap_or_else(|| {
+                    list.push(Touched {
+                        rid: v.key().clone(),
+                        before: None,
+                        row: None,
+                    });
+                    list.len() - 1
+                });
+                list[i].row = Some(row.clone());
                 v.insert(GroupRow {
                     refs: 1,
                     version: row.version.clone(),
+                    touched: u32::try_from(i + 1).expect("fewer than 2^32 rows in one patch"),
                 });
-                (rid, None)
-            }
-        };
-        match touched.entry(rid) {
-            E::Occupied(o) => list[*o.get()].row = Some(row.clone()),
-            E::Vacant(v) => {
-                list.push(Touched {
-                    rid: v.key().clone(),
-                    before: previous,
-                    row: Some(row.clone()),
-                });
-                v.insert(list.len() - 1);
             }
         }
     }
@@ -259,40 +337,69 @@ impl<'g> Acc<'g> {
         let Some(r) = self.rows.get_mut(rid) else { return };
         r.refs -= 1;
         if r.refs == 0 {
-            self.touch(rid);
+            let i = touch_held(&mut self.list, rid, r);
             self.rows.remove(rid);
+            self.left.insert(rid.clone(), i);
         }
     }
 
     /// A held row was read again (at the call's version).
     fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
-        if self.rows.get(rid).is_some_and(|r| r.version != row.version) {
-            self.touch(rid).row = Some(row.clone());
-            self.rows.get_mut(rid).expect("present").version = row.version.clone();
+        if let Some(r) = self.rows.get_mut(rid) {
+            if r.version != row.version {
+                let i = touch_held(&mut self.list, rid, r);
+                r.version = row.version.clone();
+                self.list[i].row = Some(row.clone());
+            }
         }
     }
 
     /// `{"version": …, "ops": […], "queryErrors": {…}}`.
     fn finish(self, version: &str, db: &Db) -> Vec<u8> {
-        let tables: Vec<Option<&Arc<TableInfo>>> = if self.list.is_empty() {
+        let mut out = String::new();
+        self.finish_into(version, db, &mut out);
+        out.into_bytes()
+    }
+
+    /// Appends the patch of a call that changed nothing.
+    fn write_empty(version: &str, out: &mut String) {
+        out.push_str("{\"version\":");
+        write_json_str(out, version);
+        out.push_str(",\"ops\":[],\"queryErrors\":{}}");
+    }
+
+    /// Appends the patch to `out` (several groups' patches may share one buffer).
+    fn finish_into(mut self, version: &str, db: &Db, out: &mut String) {
+        let list = std::mem::take(&mut self.list);
+        // Per table id: its info and `,"table":"<name>"` (written once, not per op).
+        let tables: Vec<(Option<&Arc<TableInfo>>, String)> = if list.is_empty() {
             Vec::new()
         } else {
-            db.table_names.iter().map(|n| db.tables.get(n.as_ref())).collect()
+            db.table_names
+                .iter()
+                .map(|n| {
+                    let mut quoted = String::from(",\"table\":");
+                    write_json_str(&mut quoted, n);
+                    (db.tables.get(n.as_ref()), quoted)
+                })
+                .collect()
         };
         // One allocation for the whole patch (large hydrations are megabytes).
-        let capacity: usize = self
-            .list
+        let capacity: usize = list
             .iter()
             .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.len()) + r.version.len()))
             .sum();
-        let mut out = String::with_capacity(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
+        out.reserve(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
         out.push_str("{\"version\":");
-        write_json_str(&mut out, version);
+        write_json_str(out, version);
         out.push_str(",\"ops\":[");
         let mut first = true;
-        for t in &self.list {
-            let after = self.rows.get(&t.rid).map(|r| &r.version);
-            let table_name = &db.table_names[t.rid.0 as usize];
+        for t in &list {
+            let after = self.rows.get_mut(&t.rid).map(|r| {
+                r.touched = 0;
+                &r.version
+            });
+            let (table, table_name) = &tables[t.rid.0 as usize];
             let put = match (&t.before, after) {
                 (None, Some(_)) => true,
                 (Some(b), Some(a)) => b != a,
@@ -301,8 +408,8 @@ impl<'g> Acc<'g> {
                         out.push(',');
                     }
                     first = false;
-                    out.push_str("{\"op\":\"del\",\"table\":");
-                    write_json_str(&mut out, table_name);
+                    out.push_str("{\"op\":\"del\"");
+                    out.push_str(table_name);
                     out.push_str(",\"rowKey\":");
                     out.push_str(&t.rid.1);
                     out.push('}');
@@ -313,21 +420,21 @@ impl<'g> Acc<'g> {
             if !put {
                 continue;
             }
-            let (Some(row), Some(table)) = (&t.row, tables[t.rid.0 as usize]) else {
+            let (Some(row), Some(table)) = (&t.row, table) else {
                 continue;
             };
             if !first {
                 out.push(',');
             }
             first = false;
-            out.push_str("{\"op\":\"put\",\"table\":");
-            write_json_str(&mut out, table_name);
+            out.push_str("{\"op\":\"put\"");
+            out.push_str(table_name);
             out.push_str(",\"value\":");
-            table.write_row_json(&mut out, row);
+            table.write_row_json(out, row);
             out.push_str(",\"rowKey\":");
             out.push_str(&t.rid.1);
             out.push_str(",\"rowVersion\":");
-            write_json_str(&mut out, &row.version);
+            write_json_str(out, &row.version);
             out.push('}');
         }
         out.push_str("],\"queryErrors\":{");
@@ -335,12 +442,22 @@ impl<'g> Acc<'g> {
             if i > 0 {
                 out.push(',');
             }
-            write_json_str(&mut out, hash);
+            write_json_str(out, hash);
             out.push(':');
-            write_json_str(&mut out, message);
+            write_json_str(out, message);
         }
         out.push_str("}}");
-        out.into_bytes()
+    }
+}
+
+impl Drop for Acc<'_> {
+    /// A call that fails before `finish` leaves no touch marks behind.
+    fn drop(&mut self) {
+        for t in &self.list {
+            if let Some(r) = self.rows.get_mut(&t.rid) {
+                r.touched = 0;
+            }
+        }
     }
 }
 
@@ -366,6 +483,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Rows read from the replica so far in this call (the work measure of `advance_within`).
+    fn rows_read(&self) -> u64 {
+        let c = self.counters.borrow();
+        c.rows_read + c.row_reads
+    }
+
     /// Runs a statement returning rows of `table`; `needed`: see `TableInfo::read_row_with`.
     fn query_rows(
         &self,
@@ -381,7 +504,17 @@ impl<'a> Ctx<'a> {
         while let Some(r) = rows.next()? {
             out.push(Arc::new(table.read_row_with(r, needed, &mut cache)?));
         }
+        self.counters.borrow_mut().rows_read += out.len() as u64;
         Ok(out)
+    }
+
+    /// A changed row at the call's version.
+    fn changed_row<'r>(&self, change: &'r RowChange) -> Result<Option<&'r Arc<Row>>> {
+        if change.row.get().is_none() {
+            let row = self.row(change.tid, &change.key)?;
+            let _ = change.row.set(row);
+        }
+        Ok(change.row.get().expect("set above").as_ref())
     }
 
     /// The row `key` of table `tid` at the call's version.
@@ -482,7 +615,11 @@ fn touch_part(
     *index.entry(pk.clone()).or_insert_with(|| {
         let keys = &st.nodes[node].parts[pk].keys;
         let full_before = np.limit.is_some_and(|l| keys.len() as u64 >= l);
-        let bound = keys.last().map(|k| st.nodes[node].rows[k].sort.clone());
+        let bound = if full_before {
+            keys.last().map(|k| st.nodes[node].rows[k].sort.clone())
+        } else {
+            None
+        };
         work.push(PartWork {
             key: pk.clone(),
             full_before,
@@ -511,24 +648,39 @@ impl Run<'_, '_, '_> {
 
     fn inc_row(&mut self, node: usize, row: &Arc<Row>) {
         let rid = (self.st.tids[node], row.key.clone());
-        let count = self.st.rows.entry(rid.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            self.acc.add_ref(rid, row);
-        } else {
-            self.acc.update(&rid, row);
+        if self.plan.nodes[node].counted {
+            let count = self.st.rows.entry(rid.clone()).or_insert(0);
+            *count += 1;
+            if *count > 1 {
+                self.acc.update(&rid, row);
+                return;
+            }
         }
+        self.acc.interest.hold(&rid, self.st.key);
+        self.acc.add_ref(rid, row);
     }
 
     fn dec_row(&mut self, node: usize, key: &Arc<str>) {
         let rid = (self.st.tids[node], key.clone());
-        if let Some(count) = self.st.rows.get_mut(&rid) {
+        if self.plan.nodes[node].counted {
+            let Some(count) = self.st.rows.get_mut(&rid) else { return };
             *count -= 1;
-            if *count == 0 {
-                self.st.rows.remove(&rid);
-                self.acc.drop_ref(&rid);
+            if *count > 0 {
+                return;
             }
+            self.st.rows.remove(&rid);
         }
+        self.acc.interest.release(&rid, self.st.key);
+        self.acc.drop_ref(&rid);
+    }
+
+    /// The `Interest` pin of partition `key` of `node`, if it is a `related` node.
+    fn partition_reg(&self, node: usize, key: &PartKey) -> Option<Reg> {
+        self.st
+            .related
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, cols)| Reg::Pin(self.st.tids[node], cols.clone(), key.clone()))
     }
 
     /// Holds (hydrating if needed) the partition `key` of `node`.
@@ -562,17 +714,22 @@ impl Run<'_, '_, '_> {
         let sorted: Vec<(Box<[Val]>, Arc<Row>)> = rows
             .into_iter()
             .filter(|r| !held.contains_key(&r.key))
-            .map(|r| (np.sort_key(&r.vals), r))
+            .map(|r| (if np.limit.is_some() { np.sort_key(&r.vals) } else { Box::default() }, r))
             .collect();
         self.st.nodes[node].rows.reserve(sorted.len());
         if np.synced {
-            self.st.rows.reserve(sorted.len());
+            if np.counted {
+                self.st.rows.reserve(sorted.len());
+            }
             self.acc.reserve(sorted.len());
         }
         let keys: Vec<Arc<str>> = sorted.iter().map(|(_, r)| r.key.clone()).collect();
         self.st.nodes[node]
             .parts
             .insert(key.clone(), Partition { refs: 1, keys });
+        if let Some(reg) = self.partition_reg(node, &key) {
+            self.acc.interest.register(&reg, self.st.key);
+        }
         for (slot, (sort, row)) in sorted.into_iter().enumerate() {
             self.add_entry(node, &key, &row, sort, slot)?;
         }
@@ -589,6 +746,9 @@ impl Run<'_, '_, '_> {
             return;
         }
         let p = self.st.nodes[node].parts.remove(key).expect("present above");
+        if let Some(reg) = self.partition_reg(node, key) {
+            self.acc.interest.unregister(&reg, self.st.key);
+        }
         for k in &p.keys {
             self.remove_entry(node, k);
         }
@@ -612,7 +772,7 @@ impl Run<'_, '_, '_> {
         let entry = Entry {
             part: part.clone(),
             slot,
-            sort,
+            sort: np.kept_sort(sort),
             links: links.clone(),
             version: row.version.clone(),
         };
@@ -706,10 +866,9 @@ impl Run<'_, '_, '_> {
     fn update_row(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>) -> Result<()> {
         let plan = self.plan;
         let np = &plan.nodes[node];
+        // Unlimited nodes keep no order (see `NodePlan::kept_sort`).
         let old_sort = self.st.nodes[node].rows[&row.key].sort.clone();
-        if np.limit.is_none() {
-            self.st.nodes[node].rows.get_mut(&row.key).expect("present").sort = sort;
-        } else if np.cmp_sort(&old_sort, &sort).is_ne() {
+        if np.limit.is_some() && np.cmp_sort(&old_sort, &sort).is_ne() {
             if let Ok(i) = self.position(node, part, &old_sort) {
                 self.st.nodes[node].parts.get_mut(part).expect("present").keys.remove(i);
             }
@@ -777,7 +936,11 @@ impl Run<'_, '_, '_> {
             || row.is_some_and(|r| {
                 // Not held: only a row that may enter one of the node's partitions matters.
                 let np = &self.plan.nodes[node];
-                self.partition_of(node, r).is_some_and(|pk| ns.parts.contains_key(&pk))
+                let in_partition = match &np.link {
+                    None => !ns.parts.is_empty(),
+                    Some(link) => part_key(&r.vals, &link.child_cols).is_some_and(|pk| ns.parts.contains_key(&pk)),
+                };
+                in_partition
                     && (np.start.is_none() || np.after_start(&np.sort_key(&r.vals)))
                     && np.cond.maybe(&r.vals) != Some(false)
             });
@@ -791,15 +954,16 @@ impl Run<'_, '_, '_> {
 
     /// Collects the rows to re-examine for these changed rows; `false` when the query must be
     /// re-hydrated instead (an unknown old value under a `NOT EXISTS`).
-    fn collect(&mut self, changes: &[(usize, RowChange<'_>)], dirty: &mut Vec<Dirty>) -> Result<bool> {
+    fn collect(&mut self, changes: &[(usize, RowChange)], dirty: &mut Vec<Dirty>) -> Result<bool> {
         let plan = self.plan;
-        for &(_, RowChange { tid, table, key }) in changes {
-            let Some(nodes) = plan.by_table.get(table) else {
+        for (_, change) in changes {
+            let Some(nodes) = plan.nodes_reading(change.tid) else {
                 continue;
             };
-            let row = self.ctx.row(tid, key)?;
+            let key = &change.key;
+            let row = self.ctx.changed_row(change)?;
             for &x in nodes {
-                self.mark(x, key, row.as_ref(), dirty);
+                self.mark(x, key, row, dirty);
                 if let NodeKind::Exists { .. } = plan.nodes[x].kind {
                     let mut values: Vec<PartKey> = Vec::new();
                     match self.st.nodes[x].rows.get(key) {
@@ -807,7 +971,7 @@ impl Run<'_, '_, '_> {
                         None if plan.nodes[x].neg_chain => return Ok(false),
                         None => {}
                     }
-                    if let Some(r) = &row {
+                    if let Some(r) = row {
                         if let Some(pk) = self.partition_of(x, r) {
                             if plan.nodes[x].cond.maybe(&r.vals) != Some(false) && !values.contains(&pk) {
                                 values.push(pk);
@@ -944,38 +1108,92 @@ impl Run<'_, '_, '_> {
 }
 
 impl QState {
-    fn new(plan: &Plan, db: &Db) -> QState {
+    fn new(plan: &Plan, key: u64) -> QState {
         QState {
+            key,
             nodes: plan.nodes.iter().map(|_| NodeState::default()).collect(),
-            tids: plan.nodes.iter().map(|n| db.table_ids[&n.table.name]).collect(),
+            tids: plan.nodes.iter().map(|n| n.table.id).collect(),
             rows: FastMap::default(),
+            direct: (0..plan.nodes.len())
+                .filter(|&n| plan.nodes[n].synced && !plan.nodes[n].counted)
+                .collect(),
+            regs: plan.regs.clone(),
+            related: plan
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.kind == NodeKind::Related && n.synced)
+                .map(|(i, n)| (i, n.link.as_ref().expect("related nodes have links").child_cols.clone().into()))
+                .collect(),
         }
     }
 }
 
 /// Hydrates `plan` from scratch.
-fn hydrate(ctx: &Ctx<'_>, plan: &Plan, acc: &mut Acc<'_>) -> Result<QState> {
-    let mut st = QState::new(plan, ctx.db);
+fn hydrate(ctx: &Ctx<'_>, plan: &Plan, acc: &mut Acc<'_>, key: u64) -> Result<QState> {
+    let mut st = QState::new(plan, key);
     ctx.counters.borrow_mut().hydrations += 1;
+    for reg in &st.regs {
+        acc.interest.register(reg, key);
+    }
     let mut run = Run {
         ctx,
         plan,
         st: &mut st,
         acc,
     };
-    for &root in &plan.roots {
-        run.acquire(root, ctx.root_key.clone())?;
+    let result = plan
+        .roots
+        .iter()
+        .try_for_each(|&root| run.acquire(root, ctx.root_key.clone()));
+    match result {
+        Ok(()) => Ok(st),
+        Err(e) => {
+            // What the partial state holds goes back (its rows leave the group).
+            drop_state(st, acc);
+            Err(e)
+        }
     }
-    Ok(st)
 }
 
 /// Drops a query's rows from the group.
 fn drop_state(st: QState, acc: &mut Acc<'_>) {
+    unregister_state(&st, acc.interest);
     // Sorted, so that patches do not depend on hash order.
-    let mut rids: Vec<&RowId> = st.rows.keys().collect();
+    let mut rids: Vec<RowId> = st.rows.into_keys().collect();
+    for &n in &st.direct {
+        rids.extend(st.nodes[n].rows.keys().map(|k| (st.tids[n], k.clone())));
+    }
     rids.sort_unstable();
-    for rid in rids {
+    for rid in &rids {
+        acc.interest.release(rid, st.key);
         acc.drop_ref(rid);
+    }
+}
+
+/// Undoes what a query's state registered in the engine's `Interest` (its held rows are the
+/// group's: see `Acc`).
+fn unregister_state(st: &QState, interest: &mut Interest) {
+    for reg in &st.regs {
+        interest.unregister(reg, st.key);
+    }
+    for (node, cols) in &st.related {
+        for key in st.nodes[*node].parts.keys() {
+            interest.unregister(&Reg::Pin(st.tids[*node], cols.clone(), key.clone()), st.key);
+        }
+    }
+}
+
+/// Undoes everything a query's state registered, held rows included (its group is dropped).
+fn forget_state(st: &QState, interest: &mut Interest) {
+    unregister_state(st, interest);
+    for rid in st.rows.keys() {
+        interest.release(rid, st.key);
+    }
+    for &n in &st.direct {
+        for k in st.nodes[n].rows.keys() {
+            interest.release(&(st.tids[n], k.clone()), st.key);
+        }
     }
 }
 
@@ -985,9 +1203,9 @@ fn advance_query(
     plan: &Plan,
     st: &mut QState,
     acc: &mut Acc<'_>,
-    changes: &[(usize, RowChange<'_>)],
+    changes: &[(usize, RowChange)],
 ) -> Result<bool> {
-    if !changes.iter().any(|(_, c)| plan.by_table.contains_key(c.table)) {
+    if !changes.iter().any(|(_, c)| plan.nodes_reading(c.tid).is_some()) {
         return Ok(true);
     }
     // Allocated by the first row marked dirty.
@@ -1059,15 +1277,20 @@ impl Db {
                 _ => match TableInfo::new(spec) {
                     Ok(mut info) => {
                         info.min_version = min_version;
+                        info.id = match self.table_ids.get(&name) {
+                            Some(&id) => id,
+                            None => {
+                                let id = u32::try_from(self.table_names.len()).expect("fewer than 2^32 tables");
+                                self.table_ids.insert(name.clone(), id);
+                                self.table_names.push(Arc::from(name.as_str()));
+                                id
+                            }
+                        };
                         Arc::new(info)
                     }
                     Err(_) => continue, // No usable key: not queryable (and not replicated).
                 },
             };
-            if !self.table_ids.contains_key(&name) {
-                self.table_ids.insert(name.clone(), self.table_names.len() as u32);
-                self.table_names.push(Arc::from(name.as_str()));
-            }
             tables.insert(name, info);
         }
         let changed = tables.len() != self.tables.len()
@@ -1123,6 +1346,32 @@ impl Db {
     }
 }
 
+/// The patches of one `advance_within` call, one per group advanced, in one buffer.
+#[derive(Default)]
+pub struct Patches {
+    buf: String,
+    /// Where each patch ends in `buf`.
+    ends: Vec<usize>,
+}
+
+impl Patches {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each patch's JSON, in group order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.buf.as_bytes()[start..end])
+    }
+}
+
 /// Statistics of the engine, by name.
 pub type Statistics = Vec<(&'static str, u64)>;
 
@@ -1142,6 +1391,8 @@ impl QueryEngine {
         Ok(QueryEngine {
             db,
             groups: FastMap::default(),
+            interest: Interest::default(),
+            next_group_id: 0,
             counters: Counters::default(),
         })
     }
@@ -1154,6 +1405,7 @@ impl QueryEngine {
         t.exists_checks += c.exists_checks;
         t.parent_lookups += c.parent_lookups;
         t.row_reads += c.row_reads;
+        t.rows_read += c.rows_read;
         t.changes_read += c.changes_read;
         t.advances += c.advances;
         t.rehydrations += c.rehydrations;
@@ -1165,23 +1417,25 @@ impl QueryEngine {
     /// An AST that does not parse or compile raises [`Error::InvalidQuery`] and changes nothing.
     pub fn add_query(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Vec<u8>> {
         let ast = parse_ast_json(ast_json).map_err(|detail| Error::InvalidQuery { detail })?;
-        let groups = &mut self.groups;
-        let (patch, counters) = self.db.read(|db, version| {
+        let QueryEngine {
+            db,
+            groups,
+            interest,
+            next_group_id,
+            ..
+        } = self;
+        let (patch, counters) = db.read(|db, version| {
             let plan = Arc::new(compile(&ast, &db.tables)?);
             let ctx = Ctx::new(db);
-            let g = groups.entry(group.to_owned()).or_insert_with(|| Group {
-                version: version.to_owned(),
-                specs_gen: db.specs_gen,
-                queries: BTreeMap::new(),
-                rows: FastMap::default(),
-            });
-            let changes = if g.version.as_str() < version {
-                db.changes_since(&g.version)?
+            let g = groups
+                .entry(group.to_owned())
+                .or_insert_with(|| Group::new(next_group_id, version, db.specs_gen));
+            let set = if g.version.as_str() < version {
+                ChangeSet::read(db, &g.version, version)?
             } else {
-                Vec::new()
+                ChangeSet::empty(version)
             };
-            let set = ChangeSet::new(&changes, db);
-            let mut acc = Acc::new(&mut g.rows);
+            let mut acc = Acc::new(&mut g.rows, interest);
             advance_group(
                 &ctx,
                 &mut g.queries,
@@ -1189,20 +1443,23 @@ impl QueryEngine {
                 &mut g.specs_gen,
                 &mut acc,
                 &set,
-                version,
+                Examine::All,
             )?;
             if let Some(old) = g.queries.remove(hash) {
                 if let Some(st) = old.state {
                     drop_state(st, &mut acc);
                 }
             }
+            let key = query_key(g.id, g.next_query);
+            g.next_query = g.next_query.wrapping_add(1);
             let mut query = Query {
+                key,
                 ast,
                 plan: Some(plan.clone()),
                 state: None,
                 error: None,
             };
-            match hydrate(&ctx, &plan, &mut acc) {
+            match hydrate(&ctx, &plan, &mut acc, key) {
                 Ok(st) => query.state = Some(st),
                 Err(e) => fail(&mut query, hash, &e, &mut acc, &ctx),
             }
@@ -1218,7 +1475,7 @@ impl QueryEngine {
     /// deleted). The group stays at its version.
     pub fn remove_query(&mut self, group: &str, hash: &str) -> Result<Vec<u8>> {
         let g = self.groups.get_mut(group).ok_or_else(|| unknown_group(group))?;
-        let mut acc = Acc::new(&mut g.rows);
+        let mut acc = Acc::new(&mut g.rows, &mut self.interest);
         if let Some(q) = g.queries.remove(hash) {
             if let Some(st) = q.state {
                 drop_state(st, &mut acc);
@@ -1230,37 +1487,70 @@ impl QueryEngine {
     /// Advances each group to the replica's current version; one patch per group, in order.
     /// Unknown groups are created empty at that version.
     pub fn advance(&mut self, group_names: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
-        let groups = &mut self.groups;
-        let (patches, counters) = self.db.read(|db, version| {
+        let names: Vec<&str> = group_names.iter().map(String::as_str).collect();
+        let patches = self.advance_within(&names, u64::MAX)?;
+        Ok(group_names.iter().cloned().zip(patches.iter().map(<[u8]>::to_vec)).collect())
+    }
+
+    /// Advances groups in order, as [`QueryEngine::advance`] does, until `budget` units of work
+    /// are spent: one per group, plus one per row read from the replica and per row put or
+    /// deleted in its patch. The group that reaches the budget finishes; the first group always
+    /// advances. Returns the patches of the groups advanced, a prefix of `group_names`; the
+    /// others keep their version, for a later call (so one caller can interleave other work,
+    /// or other groups, between slices).
+    pub fn advance_within(&mut self, group_names: &[&str], budget: u64) -> Result<Patches> {
+        let QueryEngine {
+            db,
+            groups,
+            interest,
+            next_group_id,
+            ..
+        } = self;
+        let (patches, counters) = db.read(|db, version| {
             let ctx = Ctx::new(db);
-            let min = group_names
-                .iter()
-                .filter_map(|n| groups.get(n))
-                .map(|g| g.version.as_str())
-                .filter(|v| *v < version)
-                .min()
-                .map(str::to_owned);
-            let changes = match &min {
-                Some(v) => db.changes_since(v)?,
-                None => Vec::new(),
-            };
-            ctx.counters.borrow_mut().changes_read += changes.len() as u64;
-            let set = ChangeSet::new(&changes, db);
-            let mut patches = Vec::with_capacity(group_names.len());
-            for name in group_names {
-                if !groups.contains_key(name) {
-                    groups.insert(
-                        name.clone(),
-                        Group {
-                            version: version.to_owned(),
-                            specs_gen: db.specs_gen,
-                            queries: BTreeMap::new(),
-                            rows: FastMap::default(),
-                        },
-                    );
+            // The change log is read when the first group behind needs it, from that group's
+            // version (groups usually share one); a group further behind makes it read once
+            // more, from the oldest version among the groups left.
+            let mut set = ChangeSet::empty(version);
+            let mut candidates = FastSet::default();
+            let mut candidate_groups: FastSet<u32> = FastSet::default();
+            let mut empty_patch = String::new();
+            Acc::write_empty(version, &mut empty_patch);
+            let mut patches = Patches::default();
+            patches.ends.reserve(group_names.len());
+            let mut spent: u64 = 0;
+            for (i, &name) in group_names.iter().enumerate() {
+                if spent >= budget {
+                    break;
                 }
-                let g = groups.get_mut(name).expect("inserted above");
-                let mut acc = Acc::new(&mut g.rows);
+                let mut g = match groups.get_mut(name) {
+                    Some(g) => g,
+                    None => groups
+                        .entry(name.to_owned())
+                        .or_insert_with(|| Group::new(next_group_id, version, db.specs_gen)),
+                };
+                if g.version.as_str() < set.since.as_str() {
+                    let since = if set.since == version {
+                        g.version.clone()
+                    } else {
+                        let oldest = group_names[i..]
+                            .iter()
+                            .filter_map(|n| groups.get(*n))
+                            .map(|g| g.version.as_str())
+                            .min()
+                            .unwrap_or(version)
+                            .to_owned();
+                        g = groups.get_mut(name).expect("present above");
+                        oldest
+                    };
+                    set = ChangeSet::read(db, &since, version)?;
+                    ctx.counters.borrow_mut().changes_read += set.changes.len() as u64;
+                    candidates = set.candidates(&ctx, interest)?;
+                    candidate_groups = candidates.iter().map(|&k| group_of(k)).collect();
+                }
+                let read_before = ctx.rows_read();
+                let examine = candidate_groups.contains(&g.id).then_some(&candidates);
+                let mut acc = Acc::new(&mut g.rows, interest);
                 advance_group(
                     &ctx,
                     &mut g.queries,
@@ -1268,9 +1558,17 @@ impl QueryEngine {
                     &mut g.specs_gen,
                     &mut acc,
                     &set,
-                    version,
+                    Examine::Candidates(examine),
                 )?;
-                patches.push((name.clone(), acc.finish(&g.version, db)));
+                spent = spent
+                    .saturating_add(1 + ctx.rows_read() - read_before)
+                    .saturating_add(acc.list.len() as u64);
+                if acc.list.is_empty() && acc.errors.is_empty() && g.version == version {
+                    patches.buf.push_str(&empty_patch);
+                } else {
+                    acc.finish_into(&g.version, db, &mut patches.buf);
+                }
+                patches.ends.push(patches.buf.len());
             }
             Ok((patches, ctx.counters.into_inner()))
         })?;
@@ -1278,8 +1576,37 @@ impl QueryEngine {
         Ok(patches)
     }
 
+    /// For benchmarks: runs a read-only `SELECT` through the engine's connection in its own
+    /// read transaction and reads every column of every row, as the engine's own statements
+    /// do, without building anything from them. Returns the row count.
+    pub fn select_baseline(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
+        self.db.read(|db, _| {
+            let mut s = db.conn.prepare_cached(sql)?;
+            let columns = s.column_count();
+            let mut rows = s.query(params_from_iter(params))?;
+            let mut count = 0;
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                for i in 0..columns {
+                    bytes += match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.len(),
+                        _ => 1,
+                    };
+                }
+                count += 1;
+            }
+            std::hint::black_box(bytes);
+            Ok(count)
+        })
+    }
+
     pub fn remove_group(&mut self, group: &str) {
-        self.groups.remove(group);
+        let Some(g) = self.groups.remove(group) else { return };
+        for q in g.queries.values() {
+            if let Some(st) = &q.state {
+                forget_state(st, &mut self.interest);
+            }
+        }
     }
 
     pub fn group_version(&self, group: &str) -> Result<String> {
@@ -1308,7 +1635,7 @@ impl QueryEngine {
             .query(group, hash)?
             .state
             .as_ref()
-            .map_or(0, |st| st.rows.len() as u64))
+            .map_or(0, |st| st.synced_rows() as u64))
     }
 
     /// Why query `hash` failed, if it did.
@@ -1423,7 +1750,7 @@ impl QueryEngine {
                 }
                 if let Some(st) = &q.state {
                     hydrated += 1;
-                    query_rows += st.rows.len() as u64;
+                    query_rows += st.synced_rows() as u64;
                     for n in &st.nodes {
                         partitions += n.parts.len() as u64;
                         entries += n.rows.len() as u64;
@@ -1448,6 +1775,7 @@ impl QueryEngine {
             ("exists_checks", c.exists_checks),
             ("parent_lookups", c.parent_lookups),
             ("row_reads", c.row_reads),
+            ("rows_read", c.rows_read),
             ("changes_read", c.changes_read),
             ("advances", c.advances),
             ("rehydrations", c.rehydrations),
@@ -1476,29 +1804,47 @@ fn fail(query: &mut Query, hash: &str, err: &Error, acc: &mut Acc<'_>, ctx: &Ctx
     acc.errors.push((hash.to_owned(), message));
 }
 
-/// Advances a group's queries by `changes` (the log entries after the group's version) to
-/// `version`.
+/// Which queries of a group an advance examines: all, or the candidates for the changed rows
+/// (`None`: no query of the group is one); see `ivm::interest`. Schema changes, whole-table
+/// entries and a new replica make every query examined anyway.
+#[derive(Clone, Copy)]
+enum Examine<'a> {
+    All,
+    Candidates(Option<&'a FastSet<u64>>),
+}
+
+/// Advances a group's queries by the change-log entries of `set` after the group's version, to
+/// the set's version.
 fn advance_group(
     ctx: &Ctx<'_>,
     queries: &mut BTreeMap<String, Query>,
     group_version: &mut String,
     group_specs: &mut u64,
     acc: &mut Acc<'_>,
-    set: &ChangeSet<'_>,
-    version: &str,
+    set: &ChangeSet,
+    examine: Examine<'_>,
 ) -> Result<()> {
     let db = ctx.db;
+    let version = set.version.as_str();
     let stale_specs = *group_specs != db.specs_gen;
     let replica_reset = group_version.as_str() > version;
     let first = set.first_after(group_version);
-    if first == set.changes.len() && !stale_specs && !replica_reset {
+    // Nothing the group's queries read changed: only its version moves.
+    let whole_after = set.whole.iter().any(|(i, _)| *i >= first);
+    let quiet = first == set.changes.len() || (matches!(examine, Examine::Candidates(None)) && !whole_after);
+    if quiet && !stale_specs && !replica_reset {
         group_version.clear();
         group_version.push_str(version);
         return Ok(());
     }
     ctx.counters.borrow_mut().advances += 1;
     let rows = &set.rows[set.rows.partition_point(|(i, _)| *i < first)..];
-    let whole_tables: Vec<&str> = set.whole.iter().filter(|(i, _)| *i >= first).map(|(_, t)| *t).collect();
+    let whole_tables: Vec<&str> = set
+        .whole
+        .iter()
+        .filter(|(i, _)| *i >= first)
+        .map(|(_, t)| t.as_str())
+        .collect();
     for (hash, query) in queries.iter_mut() {
         if query.error.is_some() {
             if stale_specs {
@@ -1506,7 +1852,7 @@ fn advance_group(
                 query.error = None;
                 match compile(&query.ast, &db.tables).and_then(|plan| {
                     let plan = Arc::new(plan);
-                    hydrate(ctx, &plan, acc).map(|st| (plan, st))
+                    hydrate(ctx, &plan, acc, query.key).map(|st| (plan, st))
                 }) {
                     Ok((plan, st)) => {
                         query.plan = Some(plan);
@@ -1517,10 +1863,17 @@ fn advance_group(
             }
             continue;
         }
+        let skip = match examine {
+            Examine::All => false,
+            Examine::Candidates(c) => !stale_specs && !replica_reset && !whole_after && c.map_or(true, |c| !c.contains(&query.key)),
+        };
+        if skip {
+            continue;
+        }
         let Some(plan) = query.plan.clone() else { continue };
         let rehydrate = replica_reset
             || (stale_specs && !plan.is_current(&db.tables))
-            || whole_tables.iter().any(|t| plan.by_table.contains_key(*t));
+            || whole_tables.iter().any(|t| plan.nodes.iter().any(|n| n.table.name == *t));
         let result = if rehydrate {
             rehydrate_query(ctx, query, acc)
         } else {
@@ -1549,7 +1902,7 @@ fn rehydrate_query(ctx: &Ctx<'_>, query: &mut Query, acc: &mut Acc<'_>) -> Resul
         _ => Arc::new(compile(&query.ast, &ctx.db.tables)?),
     };
     let old = query.state.take();
-    let st = hydrate(ctx, &plan, acc)?;
+    let st = hydrate(ctx, &plan, acc, query.key)?;
     if let Some(old) = old {
         drop_state(old, acc);
     }

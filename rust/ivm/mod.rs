@@ -122,6 +122,7 @@
 
 pub mod ast;
 pub mod engine;
+pub mod interest;
 pub mod like;
 pub mod plan;
 pub mod value;

@@ -43,8 +43,9 @@ use crate::replica::layout::{quote_ident, VERSION_COLUMN};
 use crate::replica::table::ReplicaTable;
 
 use super::ast::{Ast, Condition, CorrelatedSubquery, Direction, Literal, SimpleOp, System, ValuePos};
+use super::interest::Reg;
 use super::like::{pattern_problem, LikePattern};
-use super::value::{write_i64, write_json_f64, write_json_str, write_key_json, FastMap, Row, Val};
+use super::value::{utf8, write_i64, write_json_f64, write_json_str, write_key_json, Row, Val};
 
 /// Rows of a non-flipped `EXISTS` subquery synced per parent (`EXISTS_LIMIT`).
 pub const EXISTS_LIMIT: u64 = 3;
@@ -83,6 +84,8 @@ pub struct ColInfo {
 /// table order; rows are read as these columns followed by `_0_version`).
 #[derive(Debug)]
 pub struct TableInfo {
+    /// The engine's number for the table (stable for its name while the engine runs).
+    pub id: u32,
     pub name: String,
     pub quoted: String,
     pub spec: TableSpec,
@@ -93,6 +96,8 @@ pub struct TableInfo {
     pub by_key_sql: String,
     /// Per column, `"name":` (with a leading `,` but for the first) for row JSON.
     json_names: Vec<String>,
+    /// The same per key column, in key order, for row keys.
+    key_names: Vec<String>,
     /// The version of the table's last schema change (its newest `r` change-log entry): rows
     /// older than that count as that version, as Zero's `minRowVersion` does, so that clients
     /// get every row again in its new shape.
@@ -138,6 +143,7 @@ impl TableInfo {
             })
             .collect();
         let mut info = TableInfo {
+            id: 0,
             name,
             quoted,
             spec,
@@ -145,8 +151,20 @@ impl TableInfo {
             pk,
             by_key_sql: String::new(),
             json_names,
+            key_names: Vec::new(),
             min_version: None,
         };
+        info.key_names = info
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(n, &c)| {
+                let mut out = String::from(if n > 0 { "," } else { "" });
+                write_json_str(&mut out, &info.cols[c].name);
+                out.push(':');
+                out
+            })
+            .collect();
         let predicate: Vec<String> = info
             .pk
             .iter()
@@ -192,22 +210,33 @@ impl TableInfo {
         needed: Option<&[bool]>,
         cache: &mut ReadCache,
     ) -> rusqlite::Result<Row> {
+        use rusqlite::types::ValueRef;
         let n = self.cols.len();
         let mut vals = Vec::with_capacity(n);
+        // Sized for the longest row so far, so that it never grows (nor shrinks) afterwards.
         let mut json = needed.map(|_| String::with_capacity(cache.json_len.max(64)));
         if let Some(out) = json.as_mut() {
             out.push('{');
         }
         for i in 0..n {
             let value = r.get_ref(i)?;
-            if let Some(out) = json.as_mut() {
-                out.push_str(&self.json_names[i]);
-                write_value_json(out, self.cols[i].ty, value);
+            let wanted = needed.map_or(true, |mask| mask[i]);
+            match (json.as_mut(), value) {
+                (Some(out), ValueRef::Text(t)) if self.cols[i].ty != ColType::Json => {
+                    // Validated once for both the JSON and the value.
+                    let text = utf8(t);
+                    out.push_str(&self.json_names[i]);
+                    write_json_str(out, &text);
+                    vals.push(if wanted { Val::Text(Arc::from(text.as_ref())) } else { Val::Null });
+                }
+                (out, _) => {
+                    if let Some(out) = out {
+                        out.push_str(&self.json_names[i]);
+                        write_value_json(out, self.cols[i].ty, value);
+                    }
+                    vals.push(if wanted { Val::from_ref(value) } else { Val::Null });
+                }
             }
-            vals.push(match needed {
-                Some(mask) if !mask[i] => Val::Null,
-                _ => Val::from_ref(value),
-            });
         }
         if let Some(out) = json.as_mut() {
             out.push('}');
@@ -228,14 +257,20 @@ impl TableInfo {
             Some(min) if **min > *version => min.clone(),
             _ => version,
         };
+        // The key from the stored values: key columns need not be among the `needed` ones.
         cache.key.clear();
-        self.write_row_key(&mut cache.key, &vals);
+        cache.key.push('{');
+        for (n, &c) in self.pk.iter().enumerate() {
+            cache.key.push_str(&self.key_names[n]);
+            write_key_json(&mut cache.key, r.get_ref(c)?);
+        }
+        cache.key.push('}');
         let key = Arc::from(cache.key.as_str());
         Ok(Row {
             key,
             vals: vals.into_boxed_slice(),
             version,
-            json: json.map(String::into_boxed_str),
+            json,
         })
     }
 
@@ -256,7 +291,7 @@ impl TableInfo {
             }
             write_json_str(out, &self.cols[c].name);
             out.push(':');
-            write_key_json(out, &vals[c]);
+            write_key_json(out, vals[c].as_value_ref());
         }
         out.push('}');
     }
@@ -564,6 +599,10 @@ pub struct NodePlan {
     pub limit: Option<u64>,
     /// Nodes whose partitions hang off each row of this node (EXISTS and related children).
     pub children: Vec<usize>,
+    /// Another synced node of the query reads the same table, so a row may be held by several
+    /// entries: the query counts its holders (`QState::rows`). Otherwise the node's own entry
+    /// is the query's only hold on the row.
+    pub counted: bool,
     /// For EXISTS nodes: some `NOT EXISTS` lies between this node and the first ancestor that
     /// is not an EXISTS node (see `ivm::engine`, "unknown old values").
     pub neg_chain: bool,
@@ -575,8 +614,8 @@ pub struct NodePlan {
     pub exists: Option<Stmt>,
     /// EXISTS nodes: the parent table's rows with a given correlation value.
     pub parents: Option<Stmt>,
-    /// The columns the engine reads from this node's partition rows (order, correlation and
-    /// key columns): see [`TableInfo::read_row_with`].
+    /// The columns the engine reads from this node's partition rows (order columns of windows,
+    /// correlation columns): see [`TableInfo::read_row_with`].
     pub needed: Vec<bool>,
 }
 
@@ -585,6 +624,16 @@ impl NodePlan {
     #[must_use]
     pub fn sort_key(&self, vals: &[Val]) -> Box<[Val]> {
         self.order.iter().map(|&(c, _)| vals[c].clone()).collect()
+    }
+
+    /// The sort key an entry keeps: only windows (nodes with a limit) are kept in order.
+    #[must_use]
+    pub fn kept_sort(&self, sort: Box<[Val]>) -> Box<[Val]> {
+        if self.limit.is_some() {
+            sort
+        } else {
+            Box::default()
+        }
     }
 
     #[must_use]
@@ -618,11 +667,20 @@ pub struct Plan {
     pub nodes: Vec<NodePlan>,
     /// Node 0 (the query's root) and the companion roots.
     pub roots: Vec<usize>,
-    /// Table name → nodes reading it.
-    pub by_table: FastMap<String, Vec<usize>>,
+    /// What a hydrated state of the plan registers in the engine's `Interest` besides the
+    /// partitions of its `related` nodes: pins of roots and `EXISTS` nodes, tables always read.
+    pub regs: Vec<Reg>,
+    /// Table id → nodes reading it.
+    pub by_table: Vec<(u32, Vec<usize>)>,
 }
 
 impl Plan {
+    /// The nodes reading table `tid`.
+    #[must_use]
+    pub fn nodes_reading(&self, tid: u32) -> Option<&[usize]> {
+        self.by_table.iter().find(|(t, _)| *t == tid).map(|(_, n)| n.as_slice())
+    }
+
     /// Whether every table the plan reads is still `tables`' current one.
     #[must_use]
     pub fn is_current(&self, tables: &HashMap<String, Arc<TableInfo>>) -> bool {
@@ -655,7 +713,8 @@ pub fn compile(ast: &Ast, tables: &HashMap<String, Arc<TableInfo>>) -> Result<Pl
     let mut plan = Plan {
         nodes: c.nodes,
         roots: c.roots,
-        by_table: FastMap::default(),
+        regs: Vec::new(),
+        by_table: Vec::new(),
     };
     for i in 0..plan.nodes.len() {
         let neg = {
@@ -671,20 +730,30 @@ pub fn compile(ast: &Ast, tables: &HashMap<String, Arc<TableInfo>>) -> Result<Pl
             neg
         };
         plan.nodes[i].neg_chain = neg;
-        plan.by_table
-            .entry(plan.nodes[i].table.name.clone())
-            .or_default()
-            .push(i);
+        let tid = plan.nodes[i].table.id;
+        match plan.by_table.iter_mut().find(|(t, _)| *t == tid) {
+            Some((_, nodes)) => nodes.push(i),
+            None => plan.by_table.push((tid, vec![i])),
+        }
     }
     for i in 0..plan.nodes.len() {
+        let node = &plan.nodes[i];
+        let counted = node.synced
+            && plan
+                .nodes
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && other.synced && other.table.id == node.table.id);
+        plan.nodes[i].counted = counted;
         build_sql(&mut plan, i);
+        // What `Run::acquire`/`refill` use of partition rows: the order of windows, the
+        // correlation values of the row and of its children. Conditions are SQL's there.
         let mut needed = vec![false; plan.nodes[i].table.cols.len()];
         let node = &plan.nodes[i];
-        for &(c, _) in &node.order {
-            needed[c] = true;
-        }
-        for &k in &node.table.pk {
-            needed[k] = true;
+        if node.limit.is_some() {
+            for &(c, _) in &node.order {
+                needed[c] = true;
+            }
         }
         if let Some(link) = &node.link {
             for &c in &link.child_cols {
@@ -703,7 +772,45 @@ pub fn compile(ast: &Ast, tables: &HashMap<String, Arc<TableInfo>>) -> Result<Pl
         }
         plan.nodes[i].needed = needed;
     }
+    plan.regs = plan.nodes.iter().flat_map(interest_regs).collect();
     Ok(plan)
+}
+
+/// The `Interest` registrations of one node (see `ivm::interest`): `related` nodes register
+/// their partitions as they come and go; roots and `EXISTS` nodes pin the values of a
+/// top-level equality (`=`, `IS`, `IN`) if they have one, preferring string columns.
+fn interest_regs(node: &NodePlan) -> Vec<Reg> {
+    let tid = node.table.id;
+    if !node.synced || node.neg_chain {
+        return vec![Reg::Always(tid)];
+    }
+    if node.kind == NodeKind::Related {
+        return Vec::new();
+    }
+    let conjuncts: Vec<&Cond> = match &node.cond {
+        Cond::And(cs) => cs.iter().collect(),
+        other => vec![other],
+    };
+    let pin = |c: &Cond| -> Option<(usize, Vec<Val>)> {
+        match c {
+            Cond::Cmp { col, op: CmpOp::Eq, val } | Cond::Is { col, val, not: false } => Some((*col, vec![val.clone()])),
+            Cond::In { col, vals, not: false } => Some((*col, vals.clone())),
+            _ => None,
+        }
+    };
+    let pins: Vec<(usize, Vec<Val>)> = conjuncts.iter().filter_map(|c| pin(c)).collect();
+    let chosen = pins
+        .iter()
+        .find(|(col, _)| node.table.cols[*col].ty == ColType::String)
+        .or_else(|| pins.first());
+    match chosen {
+        None => vec![Reg::Always(tid)],
+        Some((col, vals)) => vals
+            .iter()
+            .filter_map(super::value::KeyVal::of)
+            .map(|k| Reg::Pin(tid, Box::new([*col]), Arc::from(vec![k])))
+            .collect(),
+    }
 }
 
 struct Compiler<'a> {
@@ -826,6 +933,7 @@ impl Compiler<'_> {
             start,
             limit,
             children: Vec::new(),
+            counted: false,
             neg_chain: false,
             select: empty,
             refill: None,
@@ -1515,7 +1623,12 @@ pub(crate) mod tests {
     pub(crate) fn tables() -> HashMap<String, Arc<TableInfo>> {
         specs()
             .into_iter()
-            .map(|s| (s.name.clone(), Arc::new(TableInfo::new(s).unwrap())))
+            .enumerate()
+            .map(|(i, s)| {
+                let mut info = TableInfo::new(s).unwrap();
+                info.id = i as u32;
+                (info.name.clone(), Arc::new(info))
+            })
             .collect()
     }
 

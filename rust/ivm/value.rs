@@ -110,10 +110,7 @@ impl Val {
             ValueRef::Null => Val::Null,
             ValueRef::Integer(i) => Val::Int(i),
             ValueRef::Real(f) => Val::Real(f),
-            ValueRef::Text(t) => Val::Text(match std::str::from_utf8(t) {
-                Ok(s) => Arc::from(s),
-                Err(_) => Arc::from(String::from_utf8_lossy(t).as_ref()),
-            }),
+            ValueRef::Text(t) => Val::Text(Arc::from(utf8(t).as_ref())),
             // The replica never stores blobs in columns the engine reads.
             ValueRef::Blob(_) => Val::Null,
         }
@@ -268,21 +265,34 @@ pub struct Row {
     /// at, the others NULL; then `json` holds the client value.
     pub vals: Box<[Val]>,
     pub version: Arc<str>,
-    pub json: Option<Box<str>>,
+    pub json: Option<String>,
 }
 
-/// Appends an integer in decimal (without the formatting machinery).
+/// Two decimal digits per entry, "00" to "99".
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Appends an integer in decimal (two digits at a time, without the formatting machinery).
 pub fn write_i64(out: &mut String, n: i64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut m = n.unsigned_abs();
-    loop {
+    while m >= 100 {
+        let d = (m % 100) as usize * 2;
+        m /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    }
+    if m >= 10 {
+        let d = m as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[d..d + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (m % 10) as u8;
-        m /= 10;
-        if m == 0 {
-            break;
-        }
+        buf[i] = b'0' + m as u8;
     }
     if n < 0 {
         out.push('-');
@@ -290,9 +300,29 @@ pub fn write_i64(out: &mut String, n: i64) {
     out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
+/// Whether `s` has a byte JSON strings must escape (`"`, `\`, control characters), eight
+/// bytes at a time.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero iff the high bit of the same byte of `zero(x)` is set (no false
+    // positives once restricted to bytes whose own high bit is clear, as below).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // Control characters: bytes below 0x20 (high bit clear, and w - 0x20 borrows).
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        if control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\'))) != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Appends `s` as a JSON string.
 pub fn write_json_str(out: &mut String, s: &str) {
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push('"');
         out.push_str(s);
@@ -345,17 +375,26 @@ pub fn write_json_f64(out: &mut String, f: f64) {
 
 /// A key value as `ReplicaTable::row_key` writes it (must stay byte-identical: the engine finds
 /// changed rows by the change log's row-key strings).
-pub fn write_key_json(out: &mut String, value: &Val) {
+pub fn write_key_json(out: &mut String, value: ValueRef<'_>) {
     match value {
-        Val::Null => out.push_str("null"),
-        Val::Int(i) => write_i64(out, *i),
-        Val::Real(f) => match serde_json::Number::from_f64(*f) {
+        ValueRef::Null | ValueRef::Blob(_) => out.push_str("null"),
+        ValueRef::Integer(i) => write_i64(out, i),
+        ValueRef::Real(f) => match serde_json::Number::from_f64(f) {
             Some(n) => {
                 let _ = write!(out, "{n}");
             }
             None => out.push_str("null"),
         },
-        Val::Text(t) => write_json_str(out, t),
+        ValueRef::Text(t) => write_json_str(out, &utf8(t)),
+    }
+}
+
+/// Text as stored: UTF-8 (checked; invalid sequences become U+FFFD).
+#[must_use]
+pub fn utf8(t: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(t) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(t),
     }
 }
 
@@ -485,11 +524,11 @@ mod tests {
             let sql: Vec<SqlValue> = vals.iter().map(Val::as_sql_value).collect();
             let refs: Vec<&SqlValue> = sql.iter().collect();
             let mut ours = String::from("{\"a\":");
-            write_key_json(&mut ours, &vals[0]);
+            write_key_json(&mut ours, vals[0].as_value_ref());
             ours.push_str(",\"b\":");
-            write_key_json(&mut ours, &vals[1]);
+            write_key_json(&mut ours, vals[1].as_value_ref());
             ours.push_str(",\"c\":");
-            write_key_json(&mut ours, &vals[2]);
+            write_key_json(&mut ours, vals[2].as_value_ref());
             ours.push('}');
             assert_eq!(ours, table.row_key(&refs));
         }

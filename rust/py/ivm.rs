@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyList, PyString};
 
 use crate::ivm;
+use crate::ivm::value::Val;
 
 fn poisoned() -> PyErr {
     PyRuntimeError::new_err("a previous call panicked while holding the query engine; discard it")
@@ -30,6 +31,26 @@ impl QueryEngine {
             let mut engine = self.inner.lock().map_err(|_| poisoned())?;
             f(&mut engine).map_err(PyErr::from)
         })
+    }
+}
+
+impl QueryEngine {
+    /// `(group, patch)` for the groups advanced, and the groups left for a later call. The
+    /// caller's own `str` objects go back, so group names are neither copied nor re-created.
+    fn advance_slice<'py>(
+        &self,
+        py: Python<'py>,
+        groups: &[Bound<'py, PyString>],
+        budget: u64,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let names = groups.iter().map(|g| g.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let patches = self.with(py, |e| e.advance_within(&names, budget))?;
+        let done = patches.len();
+        let pairs = PyList::new(
+            py,
+            groups.iter().zip(patches.iter()).map(|(group, patch)| (group, PyBytes::new(py, patch))),
+        )?;
+        Ok((pairs, PyList::new(py, &groups[done..])?))
     }
 }
 
@@ -59,9 +80,23 @@ impl QueryEngine {
         Ok(PyBytes::new(py, &patch))
     }
 
-    fn advance<'py>(&self, py: Python<'py>, groups: Vec<String>) -> PyResult<Vec<(String, Bound<'py, PyBytes>)>> {
-        let patches = self.with(py, |e| e.advance(&groups))?;
-        Ok(patches.into_iter().map(|(g, p)| (g, PyBytes::new(py, &p))).collect())
+    fn advance<'py>(&self, py: Python<'py>, groups: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyList>> {
+        let (patches, _) = self.advance_slice(py, &groups, u64::MAX)?;
+        Ok(patches)
+    }
+
+    fn advance_within<'py>(
+        &self,
+        py: Python<'py>,
+        groups: Vec<Bound<'py, PyString>>,
+        budget: u64,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        self.advance_slice(py, &groups, budget)
+    }
+
+    fn select_baseline(&self, py: Python<'_>, sql: &str, params: Vec<Bound<'_, PyAny>>) -> PyResult<u64> {
+        let values = params.iter().map(sql_param).collect::<PyResult<Vec<_>>>()?;
+        self.with(py, |e| e.select_baseline(sql, &values))
     }
 
     fn remove_group(&self, py: Python<'_>, group: &str) -> PyResult<()> {
@@ -121,6 +156,21 @@ fn read_patch(py: Python<'_>, patch: &[u8]) -> PyResult<PatchRows> {
 fn canonical_json(py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<String>> {
     let out = py.detach(|| texts.iter().map(|t| ivm::engine::canonical_json(t)).collect::<crate::error::Result<Vec<_>>>())?;
     Ok(out)
+}
+
+/// A statement parameter: `None`, `int`, `float` or `str`.
+fn sql_param(value: &Bound<'_, PyAny>) -> PyResult<Val> {
+    if value.is_none() {
+        Ok(Val::Null)
+    } else if let Ok(i) = value.extract::<i64>() {
+        Ok(Val::Int(i))
+    } else if let Ok(f) = value.extract::<f64>() {
+        Ok(Val::Real(f))
+    } else if let Ok(s) = value.extract::<String>() {
+        Ok(Val::Text(Arc::from(s)))
+    } else {
+        Err(PyTypeError::new_err(format!("a statement parameter must be None, int, float or str, not {}", value.get_type().name()?)))
+    }
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

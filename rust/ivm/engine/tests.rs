@@ -539,8 +539,13 @@ fn randomized_incremental_equals_recompute() {
         let mut r = TestReplica::new();
         seed(&mut r);
         let mut e = QueryEngine::open(&r.path).unwrap();
+        // Group "g" has every query; each query also has a group of its own, so that both the
+        // queries an advance skips in a group and the groups it skips are checked.
+        let mut groups = vec!["g".to_owned()];
         for (hash, ast) in &queries {
             e.add_query("g", hash, ast).unwrap();
+            e.add_query(&format!("solo-{hash}"), hash, ast).unwrap();
+            groups.push(format!("solo-{hash}"));
         }
         for step in 0..40 {
             let n = 1 + rng.next() % 3;
@@ -592,16 +597,19 @@ fn randomized_incremental_equals_recompute() {
                 ops.push(op);
             }
             r.tx(&ops);
-            e.advance(&["g".to_owned()]).unwrap();
+            e.advance(&groups).unwrap();
             let mut fresh = QueryEngine::open(&r.path).unwrap();
             for (hash, ast) in &queries {
                 fresh.add_query("g", hash, ast).unwrap();
+                fresh.add_query(&format!("solo-{hash}"), hash, ast).unwrap();
             }
-            assert_eq!(
-                e.group_rows("g"),
-                fresh.group_rows("g"),
-                "seed {seed_value} step {step}"
-            );
+            for name in &groups {
+                assert_eq!(
+                    e.group_rows(name),
+                    fresh.group_rows(name),
+                    "seed {seed_value} step {step} group {name}"
+                );
+            }
             for (hash, _) in &queries {
                 assert_eq!(
                     e.query_rows("g", hash).unwrap(),
@@ -610,6 +618,14 @@ fn randomized_incremental_equals_recompute() {
                 );
             }
         }
+        // Removing queries and groups undoes every registration.
+        for (hash, _) in &queries {
+            e.remove_query("g", hash).unwrap();
+        }
+        for name in &groups {
+            e.remove_group(name);
+        }
+        assert!(e.interest.is_empty(), "seed {seed_value}: {:?}", e.interest);
     }
 }
 

@@ -1,0 +1,217 @@
+//! Which queries a changed row may concern, so that an advance examines only those queries
+//! and merely moves the other groups to the new version (see "Advancing" in the module docs of
+//! `ivm`).
+//!
+//! A changed row can matter to a node of a query only if the node holds it (its old value) or
+//! its new value may enter one of the node's partitions. The engine records, per query (a
+//! query key: its group's number in the high 32 bits, the query's number in its group below):
+//!
+//! * *holders*: the synced rows the query holds;
+//! * *pins*: for nodes whose rows must have given values in given columns: roots and `EXISTS`
+//!   subqueries with a top-level `col = literal` / `col IN (…)` condition (the literal values),
+//!   and `related` subqueries (their partitions' correlation values);
+//! * *always*: tables read by a node without a pin (a root without an equality condition, e.g.
+//!   "the newest files"), by a node whose held rows are not synced (below a
+//!   `system: "permissions"` subquery), or by a `NOT EXISTS` chain (whose changes may need a
+//!   re-hydration): every change of such a table concerns the query.
+//!
+//! A query is a candidate for a changed row if it holds the row, pins one of the row's new
+//! values, or always reads its table. Candidacy is necessary, not sufficient: the query's
+//! nodes then decide. Pins use column positions of the plan that registered them; after a
+//! schema change every group is examined anyway (its plans are stale), so stale positions only
+//! cost precision.
+
+use super::value::{part_key, FastMap, FastSet, PartKey, Row};
+
+/// The query key of query `query` of group `group`.
+#[must_use]
+pub fn query_key(group: u32, query: u32) -> u64 {
+    (u64::from(group) << 32) | u64::from(query)
+}
+
+/// The group of a query key.
+#[must_use]
+pub fn group_of(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
+/// Registrations by query key (with a count: several nodes may register the same thing).
+#[derive(Debug)]
+enum Queries {
+    One { qk: u64, count: u32 },
+    Many(FastMap<u64, u32>),
+}
+
+impl Queries {
+    fn new(qk: u64) -> Self {
+        Queries::One { qk, count: 1 }
+    }
+
+    fn add(&mut self, g: u64) {
+        match self {
+            Queries::One { qk, count } if *qk == g => *count += 1,
+            Queries::One { qk, count } => {
+                let mut many = FastMap::default();
+                many.insert(*qk, *count);
+                many.insert(g, 1);
+                *self = Queries::Many(many);
+            }
+            Queries::Many(many) => *many.entry(g).or_insert(0) += 1,
+        }
+    }
+
+    /// Removes one registration of `g`; `true` when none is left at all.
+    fn remove(&mut self, g: u64) -> bool {
+        match self {
+            Queries::One { qk, count } => {
+                if *qk == g {
+                    *count -= 1;
+                }
+                *count == 0
+            }
+            Queries::Many(many) => {
+                if let Some(c) = many.get_mut(&g) {
+                    *c -= 1;
+                    if *c == 0 {
+                        many.remove(&g);
+                    }
+                }
+                many.is_empty()
+            }
+        }
+    }
+
+    fn extend_into(&self, out: &mut FastSet<u64>) {
+        match self {
+            Queries::One { qk, .. } => {
+                out.insert(*qk);
+            }
+            Queries::Many(many) => out.extend(many.keys().copied()),
+        }
+    }
+}
+
+/// Pins of one table on one list of columns.
+#[derive(Debug)]
+struct PinSet {
+    cols: Box<[usize]>,
+    values: FastMap<PartKey, Queries>,
+}
+
+/// A registration to undo later: `always` on a table, or a pin.
+#[derive(Debug, Clone)]
+pub enum Reg {
+    Always(u32),
+    Pin(u32, Box<[usize]>, PartKey),
+}
+
+#[derive(Debug, Default)]
+pub struct Interest {
+    always: FastMap<u32, Queries>,
+    pins: FastMap<u32, Vec<PinSet>>,
+    holders: FastMap<(u32, std::sync::Arc<str>), Queries>,
+}
+
+impl Interest {
+    pub fn register(&mut self, reg: &Reg, qk: u64) {
+        match reg {
+            Reg::Always(tid) => match self.always.get_mut(tid) {
+                Some(g) => g.add(qk),
+                None => {
+                    self.always.insert(*tid, Queries::new(qk));
+                }
+            },
+            Reg::Pin(tid, cols, key) => {
+                let sets = self.pins.entry(*tid).or_default();
+                let set = match sets.iter_mut().position(|s| s.cols == *cols) {
+                    Some(i) => &mut sets[i],
+                    None => {
+                        sets.push(PinSet {
+                            cols: cols.clone(),
+                            values: FastMap::default(),
+                        });
+                        sets.last_mut().expect("pushed")
+                    }
+                };
+                match set.values.get_mut(key) {
+                    Some(g) => g.add(qk),
+                    None => {
+                        set.values.insert(key.clone(), Queries::new(qk));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn unregister(&mut self, reg: &Reg, qk: u64) {
+        match reg {
+            Reg::Always(tid) => {
+                if self.always.get_mut(tid).is_some_and(|g| g.remove(qk)) {
+                    self.always.remove(tid);
+                }
+            }
+            Reg::Pin(tid, cols, key) => {
+                let Some(sets) = self.pins.get_mut(tid) else { return };
+                let Some(i) = sets.iter().position(|s| s.cols == *cols) else { return };
+                if sets[i].values.get_mut(key).is_some_and(|g| g.remove(qk)) {
+                    sets[i].values.remove(key);
+                    if sets[i].values.is_empty() {
+                        sets.swap_remove(i);
+                        if sets.is_empty() {
+                            self.pins.remove(tid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The query starts holding a row.
+    pub fn hold(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
+        match self.holders.get_mut(rid) {
+            Some(g) => g.add(qk),
+            None => {
+                self.holders.insert(rid.clone(), Queries::new(qk));
+            }
+        }
+    }
+
+    /// The query stops holding a row.
+    pub fn release(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
+        if self.holders.get_mut(rid).is_some_and(|g| g.remove(qk)) {
+            self.holders.remove(rid);
+        }
+    }
+
+    /// Whether some query pins values of table `tid` (then a change's new value matters).
+    pub fn has_pins(&self, tid: u32) -> bool {
+        self.pins.contains_key(&tid)
+    }
+
+    /// Adds to `out` the queries a change of row `key` of table `tid` (now `row`, `None` if
+    /// deleted) may concern.
+    pub fn candidates(&self, tid: u32, key: &std::sync::Arc<str>, row: Option<&Row>, out: &mut FastSet<u64>) {
+        if let Some(g) = self.always.get(&tid) {
+            g.extend_into(out);
+        }
+        if let Some(g) = self.holders.get(&(tid, key.clone())) {
+            g.extend_into(out);
+        }
+        if let (Some(sets), Some(row)) = (self.pins.get(&tid), row) {
+            for set in sets {
+                if set.cols.iter().any(|&c| c >= row.vals.len()) {
+                    continue;
+                }
+                if let Some(g) = part_key(&row.vals, &set.cols).and_then(|k| set.values.get(&k)) {
+                    g.extend_into(out);
+                }
+            }
+        }
+    }
+
+    /// Whether nothing is registered (tests).
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.always.is_empty() && self.pins.is_empty() && self.holders.is_empty()
+    }
+}
