@@ -404,8 +404,11 @@ def _previous_ddl_detection(conn: Conn, shard: ShardId) -> bool | None:
 def _ensure_app_objects(conn: Conn, shard: ShardId) -> None:
     app = sql.Identifier(shard.app_schema)
     permissions = sql.Identifier(shard.app_schema, "permissions")
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(app))
-    conn.execute(
+    _create_missing(conn, shard.app_schema, None, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(app))
+    _create_missing(
+        conn,
+        shard.app_schema,
+        "permissions",
         sql.SQL(
             """
             CREATE TABLE IF NOT EXISTS {} (
@@ -415,7 +418,7 @@ def _ensure_app_objects(conn: Conn, shard: ShardId) -> None:
               "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
             )
             """
-        ).format(permissions)
+        ).format(permissions),
     )
     _ensure_function(
         conn,
@@ -457,11 +460,11 @@ END
 
 
 def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
-    # zero-cache 1.9's definitions, column for column.
+    # zero-cache 1.9's definitions, column for column, by the table they create.
     statements = [
-        "CREATE SCHEMA IF NOT EXISTS {schema}",
+        (None, "CREATE SCHEMA IF NOT EXISTS {schema}"),
         # Written by the app server's push handler (`@rocicorp/zero/server`) and by CRUD mutations.
-        """
+        ("clients", """
         CREATE TABLE IF NOT EXISTS {schema}."clients" (
           "clientGroupID"  TEXT NOT NULL,
           "clientID"       TEXT NOT NULL,
@@ -469,9 +472,9 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "userID"         TEXT,
           PRIMARY KEY ("clientGroupID", "clientID")
         )
-        """,
+        """),
         # Results of mutations that failed with an app error, until the client acks them.
-        """
+        ("mutations", """
         CREATE TABLE IF NOT EXISTS {schema}."mutations" (
           "clientGroupID"  TEXT NOT NULL,
           "clientID"       TEXT NOT NULL,
@@ -479,16 +482,16 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "result"         JSON NOT NULL,
           PRIMARY KEY ("clientGroupID", "clientID", "mutationID")
         )
-        """,
-        """
+        """),
+        ("shardConfig", """
         CREATE TABLE IF NOT EXISTS {schema}."shardConfig" (
           "publications"  TEXT[] NOT NULL,
           "ddlDetection"  BOOL NOT NULL,
           "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
         )
-        """,
+        """),
         # One row per initial sync: the slot it created and the replica version it produced.
-        """
+        ("replicas", """
         CREATE TABLE IF NOT EXISTS {schema}."replicas" (
           "id"                 TEXT PRIMARY KEY DEFAULT replace(gen_random_uuid()::text, '-', ''),
           "rank"               BIGSERIAL,
@@ -498,18 +501,29 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "initialSyncContext" JSON,
           "subscriberContext"  JSON
         )
-        """,
+        """),
         # zcache's own: the published schema last emitted by the DDL trigger (or recorded by setup).
-        """
+        ("zcacheLastSchema", """
         CREATE TABLE IF NOT EXISTS {schema}."zcacheLastSchema" (
           "current" JSON NOT NULL,
           "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
         )
-        """,
+        """),
     ]
     schema = sql.Identifier(shard.shard_schema)
-    for statement in statements:
-        conn.execute(sql.SQL(statement).format(schema=schema))
+    for table, statement in statements:
+        _create_missing(conn, shard.shard_schema, table, sql.SQL(statement).format(schema=schema))
+
+
+def _create_missing(conn: Conn, schema: str, table: str | None, create: sql.Composable) -> None:
+    """Runs `create` unless the schema (`table` None) or table exists. Even a CREATE … IF NOT
+    EXISTS that creates nothing fires the DDL event triggers, and the shard's end trigger computes
+    the whole published schema: a restart would pay that once per statement."""
+    name = sql.Identifier(schema) if table is None else sql.Identifier(schema, table)
+    check = "SELECT to_regnamespace(%s) IS NOT NULL" if table is None else "SELECT to_regclass(%s) IS NOT NULL"
+    (exists,) = _one(conn, check, [name.as_string(conn)])
+    if not exists:
+        conn.execute(create)
 
 
 @dataclass(frozen=True)
