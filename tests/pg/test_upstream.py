@@ -307,7 +307,7 @@ def test_setup_creates_zero_caches_objects(tldraw: Conn) -> None:
         """
     ).fetchall() == [
         ("zero.set_permissions_hash()", "trigger", "v", False, None),
-        ("zero_0.published_schema()", "json", "s", False, ["search_path=pg_catalog, pg_temp"]),
+        ("zero_0.published_schema()", "json", "s", False, ["search_path=pg_catalog, pg_temp", "jit=off"]),
         ("zero_0.zcache_ddl_end()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_ddl_start()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_table_rewrite()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
