@@ -79,14 +79,27 @@ def binary_value(value: Any) -> bytes | None:
 # -- binary COPY (the initial sync's input) -----------------------------------------------------------
 
 
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
+
+
+def copy_tuple(r: tuple[Any, ...]) -> bytes:
+    out = bytearray(struct.pack("!h", len(r)))
+    for value in r:
+        raw = binary_value(value)
+        out += struct.pack("!i", -1) if raw is None else struct.pack("!i", len(raw)) + raw
+    return bytes(out)
+
+
 def copy_stream(rows: list[tuple[Any, ...]]) -> bytes:
-    out = bytearray(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
-    for r in rows:
-        out += struct.pack("!h", len(r))
-        for value in r:
-            raw = binary_value(value)
-            out += struct.pack("!i", -1) if raw is None else struct.pack("!i", len(raw)) + raw
-    return bytes(out + struct.pack("!h", -1))
+    return COPY_HEADER + b"".join(map(copy_tuple, rows)) + COPY_TRAILER
+
+
+def copy_messages(rows: list[tuple[Any, ...]]) -> list[bytes]:
+    """The COPY stream as Postgres sends it: a CopyData message per row (the header with the
+    first), the trailer alone."""
+    tuples = [copy_tuple(r) for r in rows] or [b""]
+    return [COPY_HEADER + tuples[0], *tuples[1:], COPY_TRAILER]
 
 
 # -- pgoutput v1 frames ----------------------------------------------------------------------------
@@ -180,8 +193,8 @@ def template_replica(tmp_path_factory: pytest.TempPathFactory) -> Path:
         publications=["bench"], app_id="zero", shard_num=0, ddl_detection=False,
     )
     data = copy_stream([row(i) for i in range(EXISTING_ROWS)])
-    assert sync.copy_chunks(OID, [data[k:k + 65_536] for k in range(0, len(data), 65_536)]) == EXISTING_ROWS
-    sync.finish_table(OID)
+    sync.copy_chunks(OID, [data[k:k + 65_536] for k in range(0, len(data), 65_536)])
+    assert sync.finish_table(OID) == EXISTING_ROWS
     sync.finish(str(path))
     return path
 
@@ -217,3 +230,37 @@ def test_apply_frames(benchmark: Any, template_replica: Path, tmp_path: Path, wo
         seconds = benchmark.stats.stats.median
         benchmark.extra_info["rows_per_s"] = round(rows / seconds)
         benchmark.extra_info["transactions_per_s"] = round(transactions / seconds)
+
+
+COPY_ROWS = (100_000, 500)
+CHUNKS_PER_CALL = 4096  # as change_source/initial_sync.py hands them over
+
+
+def test_initial_copy(benchmark: Any, tmp_path: Path) -> None:
+    """The initial sync's Rust side for one `file`-shaped table: queueing COPY messages, decoding,
+    multi-row inserts, then `finish` (primary-key index, ANALYZE, durable rename)."""
+    rows = COPY_ROWS[1] if benchmark.disabled else COPY_ROWS[0]
+    messages = copy_messages([row(i) for i in range(rows)])
+    counter = iter(range(1_000_000))
+    counts: list[int] = []
+
+    def fresh_sync() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        directory = tmp_path / f"sync-{next(counter)}"
+        directory.mkdir()
+        sync = _native.InitialSync(
+            str(directory / "replica.db.staging"), schema_json(), consistent_point=CONSISTENT_POINT, slot="bench_slot",
+            publications=["bench"], app_id="zero", shard_num=0, ddl_detection=False,
+        )
+        return (sync, directory / "replica.db"), {}
+
+    def copy(sync: Any, replica: Path) -> None:
+        for k in range(0, len(messages), CHUNKS_PER_CALL):
+            sync.copy_chunks(OID, messages[k:k + CHUNKS_PER_CALL])
+        counts.append(sync.finish_table(OID))
+        sync.finish(str(replica))
+
+    benchmark.extra_info.update({"rows": rows})
+    benchmark.pedantic(copy, setup=fresh_sync, rounds=1 if benchmark.disabled else 5, iterations=1)
+    assert counts[-1] == rows
+    if benchmark.stats is not None:
+        benchmark.extra_info["rows_per_s"] = round(rows / benchmark.stats.stats.median)

@@ -160,11 +160,16 @@ class InitialSync:
     ) -> None: ...
     def copy_statement(self, oid: int) -> str:
         """The ``COPY … TO STDOUT (FORMAT binary)`` whose output :meth:`copy_chunks` expects."""
-    def copy_chunks(self, oid: int, chunks: Sequence[bytes | bytearray]) -> int:
-        """Insert the rows in these chunks of table ``oid``'s COPY output (any chunking; GIL
-        released); returns how many rows they held."""
+    def copy_chunks(self, oid: int, chunks: Sequence[bytes | bytearray]) -> None:
+        """Queue these chunks of table ``oid``'s COPY output (any chunking) for Rust's writer
+        thread, which decodes and inserts them; waits (GIL released) while the queue is full.
+        Raises the writer's error if it failed on earlier chunks."""
     def finish_table(self, oid: int) -> int:
-        """Check that the table's COPY output ended properly; returns its row count."""
+        """Wait until the table's queued rows are inserted and check that its COPY output ended
+        properly; returns its row count."""
+    @property
+    def rows(self) -> int:
+        """Rows inserted so far, over all tables (0 once finished)."""
     def finish(self, replica_path: str) -> None:
         """Build indexes, record config and state, make the file durable and rename it over
         ``replica_path`` atomically. The object cannot be used afterwards."""

@@ -390,6 +390,36 @@ impl From<SqlValue> for Value {
     }
 }
 
+/// A value as the SQLite replica stores it, with text borrowed from the input where the wire
+/// format already is the stored text (text, varchar, enums, json, jsonb): the hot paths (initial
+/// copy, streaming) then bind it without copying it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValueRef<'a> {
+    Borrowed(&'a str),
+    Owned(SqlValue),
+}
+
+impl SqlValueRef<'_> {
+    pub const NULL: SqlValueRef<'static> = SqlValueRef::Owned(SqlValue::Null);
+
+    #[must_use]
+    pub fn value_ref(&self) -> ValueRef<'_> {
+        match self {
+            SqlValueRef::Borrowed(s) => ValueRef::Text(s.as_bytes()),
+            SqlValueRef::Owned(SqlValue::Null) => ValueRef::Null,
+            SqlValueRef::Owned(SqlValue::Integer(i)) => ValueRef::Integer(*i),
+            SqlValueRef::Owned(SqlValue::Real(f)) => ValueRef::Real(*f),
+            SqlValueRef::Owned(SqlValue::Text(s)) => ValueRef::Text(s.as_bytes()),
+        }
+    }
+}
+
+impl ToSql for SqlValueRef<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(self.value_ref()))
+    }
+}
+
 fn invalid(kind: &ValueKind, format: &'static str, detail: impl Into<String>) -> Error {
     Error::InvalidValue {
         type_name: kind.type_name().into_owned(),
@@ -427,6 +457,18 @@ fn utf8<'a>(kind: &ValueKind, format: &'static str, bytes: &'a [u8]) -> Result<&
             format,
             format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
         )
+    })
+}
+
+/// [`decode_binary`], borrowing the text of kinds whose send format is their stored text.
+pub fn decode_binary_ref<'a>(kind: &ValueKind, bytes: &'a [u8]) -> Result<SqlValueRef<'a>> {
+    Ok(match kind {
+        ValueKind::Text | ValueKind::Enum | ValueKind::Json => SqlValueRef::Borrowed(utf8(kind, BINARY, bytes)?),
+        ValueKind::Jsonb => match bytes.split_first() {
+            Some((1, json)) => SqlValueRef::Borrowed(utf8(kind, BINARY, json)?),
+            _ => SqlValueRef::Owned(decode_binary(kind, bytes)?),
+        },
+        _ => SqlValueRef::Owned(decode_binary(kind, bytes)?),
     })
 }
 
@@ -1484,11 +1526,11 @@ mod tests {
                 assert_eq!(case.expected.t, "null", "{what}");
                 continue;
             };
-            check(
-                &format!("{what} (binary)"),
-                &case.expected,
-                decode_binary(&kind, &unhex(binary)),
-            );
+            let bytes = unhex(binary);
+            check(&format!("{what} (binary)"), &case.expected, decode_binary(&kind, &bytes));
+            let borrowed = decode_binary_ref(&kind, &bytes).expect("decodes like decode_binary");
+            let owned = decode_binary(&kind, &bytes).expect("decodes");
+            assert_eq!(borrowed.value_ref(), SqlValueRef::Owned(owned).value_ref(), "{what} (borrowed)");
             if let ValueKind::Array(_) = kind {
                 assert!(
                     matches!(decode_text(&kind, text.as_bytes()), Err(Error::InvalidValue { .. })),

@@ -3,7 +3,7 @@
 //! released.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -120,14 +120,15 @@ impl ReplicaWriter {
 
 #[pyclass(module = "zcache._native")]
 pub struct InitialSync {
-    inner: Mutex<Option<replica::InitialSync>>,
+    /// Shared by the copying threads; taken (exclusively) by `finish`.
+    inner: RwLock<Option<replica::InitialSync>>,
 }
 
 impl InitialSync {
-    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut replica::InitialSync) -> crate::error::Result<T> + Send) -> PyResult<T> {
+    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&replica::InitialSync) -> crate::error::Result<T> + Send) -> PyResult<T> {
         py.detach(|| {
-            let mut guard = self.inner.lock().map_err(|_| poisoned())?;
-            let sync = guard.as_mut().ok_or_else(|| PyRuntimeError::new_err("the initial sync has finished"))?;
+            let guard = self.inner.read().map_err(|_| poisoned())?;
+            let sync = guard.as_ref().ok_or_else(|| PyRuntimeError::new_err("the initial sync has finished"))?;
             f(sync).map_err(PyErr::from)
         })
     }
@@ -152,26 +153,39 @@ impl InitialSync {
         let schema = parse_schema(schema_json)?;
         let config = replica::ReplicaConfig { consistent_point, slot, publications, app_id, shard_num, ddl_detection };
         let sync = py.detach(|| replica::InitialSync::create(&staging_path, schema, config))?;
-        Ok(InitialSync { inner: Mutex::new(Some(sync)) })
+        Ok(InitialSync { inner: RwLock::new(Some(sync)) })
     }
 
     fn copy_statement(&self, py: Python<'_>, oid: u32) -> PyResult<String> {
         self.with(py, |s| s.copy_statement(oid))
     }
 
-    fn copy_chunks(&self, py: Python<'_>, oid: u32, chunks: Vec<PyBackedBytes>) -> PyResult<u64> {
-        self.with(py, |s| s.copy_chunks(oid, &chunks))
+    fn copy_chunks(&self, py: Python<'_>, oid: u32, chunks: Vec<PyBackedBytes>) -> PyResult<()> {
+        self.with(py, |s| {
+            let mut data = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
+            for chunk in &chunks {
+                data.extend_from_slice(chunk);
+            }
+            drop(chunks);
+            s.copy_chunks(oid, data)
+        })
     }
 
     fn finish_table(&self, py: Python<'_>, oid: u32) -> PyResult<u64> {
         self.with(py, |s| s.finish_table(oid))
     }
 
+    #[getter]
+    fn rows(&self) -> PyResult<u64> {
+        let guard = self.inner.read().map_err(|_| poisoned())?;
+        Ok(guard.as_ref().map_or(0, replica::InitialSync::rows))
+    }
+
     fn finish(&self, py: Python<'_>, replica_path: PathBuf) -> PyResult<()> {
         py.detach(|| {
             let sync = self
                 .inner
-                .lock()
+                .write()
                 .map_err(|_| poisoned())?
                 .take()
                 .ok_or_else(|| PyRuntimeError::new_err("the initial sync has finished"))?;

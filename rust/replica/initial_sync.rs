@@ -8,20 +8,43 @@
 //!
 //! Rows arrive as `COPY … TO STDOUT (FORMAT binary)` output (any chunking); every row gets the
 //! replica version (the slot's consistent point) as its `_0_version`.
+//!
+//! One writer thread owns the staging file: [`InitialSync::copy_chunks`] queues the chunks of
+//! any table (from any thread) on a bounded queue and returns, so the callers keep reading from
+//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. Rows are
+//! inserted `ROWS_PER_INSERT` at a time by one multi-row `INSERT`, which costs SQLite far less
+//! per row than a statement per row. Meanwhile a flusher thread has the kernel write the staging
+//! file out every `FLUSH_INTERVAL`, so the final fsync does not start writing the whole replica
+//! only once the copy is over.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use rusqlite::{params, params_from_iter, Connection};
+use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::pg::copy::CopyDecoder;
 use crate::pg::schema::PublishedSchema;
-use crate::pg::values::{decode_binary, SqlValue};
-use crate::replica::layout::{self, METADATA_DDL};
+use crate::pg::values::{decode_binary_ref, SqlValueRef, ValueKind};
+use crate::replica::layout::{self, quote_ident, METADATA_DDL};
 use crate::replica::table::ReplicaTable;
 use crate::version::lexi_version;
+
+/// Rows per multi-row `INSERT` (fewer for wide tables: SQLite binds at most 32,766 parameters).
+const ROWS_PER_INSERT: usize = 64;
+const MAX_PARAMETERS: usize = 32_766;
+/// Calls to `copy_chunks` queued for the writer before callers wait.
+const QUEUED_CALLS: usize = 8;
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// SQLite's page cache while building the indexes, in KiB: the index sorter keeps this much in
+/// memory before it spills sorted runs to temporary files and merges them.
+const INDEX_CACHE_KIB: i64 = 32 * 1024;
 
 /// Identity of the replica being built, recorded in `_zcache_replication_config`.
 #[derive(Debug, Clone)]
@@ -36,19 +59,82 @@ pub struct ReplicaConfig {
     pub ddl_detection: bool,
 }
 
+/// Rows decoded from the COPY stream but not inserted yet: their field bytes back to back.
+#[derive(Default)]
+struct PendingRows {
+    bytes: Vec<u8>,
+    /// (start, length) in `bytes` of each field of each row, `None` for NULL.
+    fields: Vec<Option<(usize, usize)>>,
+}
+
 struct TableCopy {
     table: ReplicaTable,
+    kinds: Vec<ValueKind>,
     decoder: CopyDecoder,
     rows: u64,
+    rows_per_insert: usize,
+    /// The multi-row INSERT of `rows_per_insert` rows.
     insert_sql: String,
+    pending: PendingRows,
+}
+
+impl TableCopy {
+    fn insert_sql(&self, rows: usize) -> String {
+        let names: Vec<String> = self.table.stored_columns().map(|(_, c)| quote_ident(&c.name)).collect();
+        let row = format!("({})", vec!["?"; names.len()].join(", "));
+        format!("INSERT INTO {} ({}) VALUES {}", quote_ident(&self.table.name), names.join(", "), vec![row; rows].join(", "))
+    }
+}
+
+/// How the writer thread stopped early: its error, for the first caller to see that it stopped.
+#[derive(Default)]
+struct Failure {
+    stopped: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Failure {
+    fn record(&self, error: Option<Error>) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let (Some(error), Ok(mut slot)) = (error, self.error.lock()) {
+            slot.get_or_insert(error);
+        }
+    }
+
+    fn take(&self) -> Error {
+        let taken = self.error.lock().ok().and_then(|mut slot| slot.take());
+        taken.unwrap_or_else(stopped)
+    }
+}
+
+fn stopped() -> Error {
+    Error::Protocol { detail: "the initial sync's writer stopped after an earlier error".into() }
+}
+
+enum Job {
+    Chunks { oid: u32, data: Vec<u8> },
+    FinishTable { oid: u32, reply: SyncSender<Result<u64>> },
+}
+
+/// The staging database and the state of every table's copy, owned by the writer thread.
+struct Staging {
+    conn: Connection,
+    copies: HashMap<u32, TableCopy>,
+    rows: Arc<AtomicU64>,
 }
 
 pub struct InitialSync {
-    conn: Connection,
+    jobs: SyncSender<Job>,
+    writer: JoinHandle<Result<Staging>>,
+    /// Dropping it stops the flusher thread.
+    stop_flusher: SyncSender<()>,
+    flusher: JoinHandle<()>,
+    failure: Arc<Failure>,
+    copy_statements: HashMap<u32, String>,
+    rows: Arc<AtomicU64>,
     staging_path: PathBuf,
     config: ReplicaConfig,
     schema: PublishedSchema,
-    copies: HashMap<u32, TableCopy>,
 }
 
 impl InitialSync {
@@ -60,95 +146,225 @@ impl InitialSync {
         conn.execute_batch(METADATA_DDL)?;
         let version = lexi_version(config.consistent_point);
         let mut copies = HashMap::with_capacity(schema.tables.len());
+        let mut copy_statements = HashMap::with_capacity(schema.tables.len());
         for spec in &schema.tables {
             let table = ReplicaTable::new(spec.clone())?;
             layout::create_table(&conn, spec, &table.columns, &version)?;
             layout::save_table_spec(&conn, spec)?;
-            let decoder = CopyDecoder::new(table.stored_columns().count());
-            let insert_sql = table.insert_sql();
-            copies.insert(spec.oid, TableCopy { table, decoder, rows: 0, insert_sql });
+            let kinds: Vec<ValueKind> = table.stored_columns().map(|(_, c)| c.kind.clone()).collect();
+            let rows_per_insert = (MAX_PARAMETERS / kinds.len().max(1)).clamp(1, ROWS_PER_INSERT);
+            copy_statements.insert(spec.oid, table.copy_statement());
+            let mut copy = TableCopy {
+                decoder: CopyDecoder::new(kinds.len()),
+                table,
+                kinds,
+                rows: 0,
+                rows_per_insert,
+                insert_sql: String::new(),
+                pending: PendingRows::default(),
+            };
+            copy.insert_sql = copy.insert_sql(rows_per_insert);
+            copies.insert(spec.oid, copy);
         }
         conn.execute_batch("BEGIN")?;
-        Ok(InitialSync { conn, staging_path: staging_path.to_owned(), config, schema, copies })
+        let rows = Arc::new(AtomicU64::new(0));
+        let failure = Arc::new(Failure::default());
+        let (jobs, queue) = sync_channel(QUEUED_CALLS);
+        let staging = Staging { conn, copies, rows: Arc::clone(&rows) };
+        let writer_failure = Arc::clone(&failure);
+        let writer = std::thread::Builder::new()
+            .name("zcache-initial-sync".into())
+            .spawn(move || staging.run(&queue, &writer_failure))?;
+        let (stop_flusher, stop) = sync_channel(0);
+        let file = fs::File::open(staging_path)?;
+        let flusher = std::thread::Builder::new().name("zcache-initial-sync-flush".into()).spawn(move || {
+            // Only starts the writing early; the final fsync reports errors.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(FLUSH_INTERVAL) {
+                let _ = file.sync_data();
+            }
+        })?;
+        Ok(InitialSync {
+            jobs,
+            writer,
+            stop_flusher,
+            flusher,
+            failure,
+            copy_statements,
+            rows,
+            staging_path: staging_path.to_owned(),
+            config,
+            schema,
+        })
     }
 
     /// The COPY statement whose output [`InitialSync::copy_chunks`] expects for table `oid`.
     pub fn copy_statement(&self, oid: u32) -> Result<String> {
-        Ok(self.copy(oid)?.table.copy_statement())
+        self.copy_statements.get(&oid).cloned().ok_or_else(|| unknown_table(oid))
     }
 
-    fn copy(&self, oid: u32) -> Result<&TableCopy> {
-        self.copies.get(&oid).ok_or_else(|| Error::Schema { detail: format!("no published table with oid {oid}") })
-    }
-
-    /// Inserts the rows contained in `chunks` of table `oid`'s COPY output; returns how many.
-    pub fn copy_chunks<B: AsRef<[u8]>>(&mut self, oid: u32, chunks: &[B]) -> Result<u64> {
-        let copy = self
-            .copies
-            .get_mut(&oid)
-            .ok_or_else(|| Error::Schema { detail: format!("no published table with oid {oid}") })?;
-        let mut stmt = self.conn.prepare_cached(&copy.insert_sql)?;
-        let kinds: Vec<_> = copy.table.stored_columns().map(|(_, c)| c.kind.clone()).collect();
-        let mut values: Vec<SqlValue> = Vec::with_capacity(kinds.len());
-        let before = copy.rows;
-        let rows = &mut copy.rows;
-        for chunk in chunks {
-            copy.decoder.feed(chunk.as_ref(), |fields| {
-                values.clear();
-                for (field, kind) in fields.iter().zip(&kinds) {
-                    values.push(match field {
-                        None => SqlValue::Null,
-                        Some(bytes) => decode_binary(kind, bytes)?,
-                    });
-                }
-                stmt.execute(params_from_iter(values.iter()))?;
-                *rows += 1;
-                Ok(())
-            })?;
+    /// Queues the next bytes of table `oid`'s COPY output for insertion; waits while the queue is
+    /// full. An error is the writer's (decoding or inserting earlier chunks).
+    pub fn copy_chunks(&self, oid: u32, data: Vec<u8>) -> Result<()> {
+        if !self.copy_statements.contains_key(&oid) {
+            return Err(unknown_table(oid));
         }
-        Ok(copy.rows - before)
+        if self.failure.stopped.load(Ordering::SeqCst) {
+            return Err(self.failure.take());
+        }
+        self.jobs.send(Job::Chunks { oid, data }).map_err(|_| self.failure.take())
     }
 
-    /// Checks that table `oid`'s COPY output ended properly; returns its row count.
-    pub fn finish_table(&mut self, oid: u32) -> Result<u64> {
-        let copy = self.copy(oid)?;
-        copy.decoder.finish()?;
-        Ok(copy.rows)
+    /// Waits until table `oid`'s queued rows are inserted and checks that its COPY output ended
+    /// properly; returns its row count.
+    pub fn finish_table(&self, oid: u32) -> Result<u64> {
+        if self.failure.stopped.load(Ordering::SeqCst) {
+            return Err(self.failure.take());
+        }
+        let (reply, answer) = sync_channel(1);
+        self.jobs.send(Job::FinishTable { oid, reply }).map_err(|_| self.failure.take())?;
+        answer.recv().map_err(|_| self.failure.take())?
+    }
+
+    /// Rows inserted so far, over all tables.
+    #[must_use]
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
     }
 
     /// Indexes, metadata, durability, then the atomic rename over `replica_path`.
     pub fn finish(self, replica_path: &Path) -> Result<()> {
-        for spec in &self.schema.tables {
-            layout::create_primary_key(&self.conn, spec)?;
+        let InitialSync { jobs, writer, stop_flusher, flusher, failure, staging_path, config, schema, .. } = self;
+        drop(jobs);
+        let staging = match writer.join() {
+            Ok(Ok(staging)) => staging,
+            Ok(Err(_)) => return Err(failure.take()),
+            Err(_) => return Err(Error::Protocol { detail: "the initial sync's writer panicked".into() }),
+        };
+        let conn = staging.conn;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
+        for spec in &schema.tables {
+            layout::create_primary_key(&conn, spec)?;
         }
-        let version = lexi_version(self.config.consistent_point);
-        self.conn.execute(
+        let version = lexi_version(config.consistent_point);
+        conn.execute(
             r#"INSERT INTO "_zcache_replication_config"
                ("lock", "replica_version", "slot", "publications", "app_id", "shard_num", "ddl_detection")
                VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)"#,
             params![
                 version,
-                self.config.slot,
-                serde_json::to_string(&self.config.publications).expect("strings serialise"),
-                self.config.app_id,
-                self.config.shard_num,
-                self.config.ddl_detection
+                config.slot,
+                serde_json::to_string(&config.publications).expect("strings serialise"),
+                config.app_id,
+                config.shard_num,
+                config.ddl_detection
             ],
         )?;
-        self.conn.execute(
+        conn.execute(
             r#"INSERT INTO "_zcache_replication_state" ("lock", "state_version", "watermark_lsn") VALUES (1, ?1, ?2)"#,
-            params![version, self.config.consistent_point as i64],
+            params![version, config.consistent_point as i64],
         )?;
-        self.conn.execute_batch("COMMIT; ANALYZE; PRAGMA locking_mode = NORMAL; PRAGMA journal_mode = WAL;")?;
-        drop(self.conn);
-        fs::File::open(&self.staging_path)?.sync_all()?;
+        // ANALYZE samples each index (analysis_limit) instead of reading all of it: the planner
+        // needs the shape of the data, not exact counts.
+        conn.execute_batch(
+            "COMMIT; PRAGMA analysis_limit = 1000; ANALYZE; PRAGMA cache_size = -2000; \
+             PRAGMA locking_mode = NORMAL; PRAGMA journal_mode = WAL;",
+        )?;
+        drop(conn);
+        drop(stop_flusher);
+        let _ = flusher.join();
+        fs::File::open(&staging_path)?.sync_all()?;
         remove_database_files(replica_path)?;
-        fs::rename(&self.staging_path, replica_path)?;
+        fs::rename(&staging_path, replica_path)?;
         if let Some(dir) = replica_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
+}
+
+fn unknown_table(oid: u32) -> Error {
+    Error::Schema { detail: format!("no published table with oid {oid}") }
+}
+
+impl Staging {
+    /// The writer thread: runs the queued jobs until every sender is gone, or until one fails
+    /// (its error goes to `failure`, and the dropped queue makes every later call fail).
+    fn run(mut self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
+        for job in queue {
+            match job {
+                Job::Chunks { oid, data } => {
+                    if let Err(e) = self.copy_chunk(oid, &data) {
+                        failure.record(Some(e));
+                        return Err(stopped());
+                    }
+                }
+                Job::FinishTable { oid, reply } => {
+                    let result = self.finish_table(oid);
+                    let failed = result.is_err();
+                    if failed {
+                        failure.record(None);
+                    }
+                    // A caller that stopped waiting learns of an error from its next call.
+                    let _ = reply.send(result);
+                    if failed {
+                        return Err(stopped());
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    fn copy_chunk(&mut self, oid: u32, chunk: &[u8]) -> Result<()> {
+        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+        let conn = &self.conn;
+        let before = copy.rows;
+        let TableCopy { decoder, pending, kinds, insert_sql, rows_per_insert, rows, .. } = copy;
+        decoder.feed(chunk, |fields| {
+            for field in fields {
+                pending.fields.push(field.map(|bytes| {
+                    pending.bytes.extend_from_slice(bytes);
+                    (pending.bytes.len() - bytes.len(), bytes.len())
+                }));
+            }
+            if pending.fields.len() == *rows_per_insert * kinds.len() {
+                insert_rows(conn, insert_sql, kinds, pending)?;
+                *rows += *rows_per_insert as u64;
+            }
+            Ok(())
+        })?;
+        self.rows.fetch_add(copy.rows - before, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish_table(&mut self, oid: u32) -> Result<u64> {
+        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+        copy.decoder.finish()?;
+        let left = copy.pending.fields.len() / copy.kinds.len().max(1);
+        if left > 0 {
+            insert_rows(&self.conn, &copy.insert_sql(left), &copy.kinds, &mut copy.pending)?;
+            copy.rows += left as u64;
+            self.rows.fetch_add(left as u64, Ordering::Relaxed);
+        }
+        Ok(copy.rows)
+    }
+}
+
+/// Inserts the pending rows with `sql` (a multi-row INSERT of exactly that many rows) and
+/// empties them.
+fn insert_rows(conn: &Connection, sql: &str, kinds: &[ValueKind], pending: &mut PendingRows) -> Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    for (index, (field, kind)) in pending.fields.iter().zip(kinds.iter().cycle()).enumerate() {
+        let value = match field {
+            None => SqlValueRef::NULL,
+            Some((start, len)) => decode_binary_ref(kind, &pending.bytes[*start..start + len])?,
+        };
+        stmt.raw_bind_parameter(index + 1, value)?;
+    }
+    stmt.raw_execute()?;
+    pending.bytes.clear();
+    pending.fields.clear();
+    Ok(())
 }
 
 /// Removes a SQLite database and its `-wal`/`-shm` companions, if present.
@@ -163,4 +379,153 @@ fn remove_database_files(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::copy::SIGNATURE;
+    use crate::pg::schema::{ColumnSpec, TableSpec};
+    use std::sync::atomic::AtomicUsize;
+
+    const OID: u32 = 7;
+
+    fn column(name: &str, type_oid: u32) -> ColumnSpec {
+        ColumnSpec {
+            name: name.into(),
+            attnum: 1,
+            type_oid,
+            type_name: String::new(),
+            type_kind: "b".into(),
+            base_type_oid: type_oid,
+            elem_type_oid: 0,
+            elem_type_kind: None,
+            not_null: false,
+            has_missing: false,
+            missing: None,
+        }
+    }
+
+    fn schema() -> PublishedSchema {
+        PublishedSchema {
+            tables: vec![TableSpec {
+                oid: OID,
+                schema: "public".into(),
+                name: "item".into(),
+                replica_identity: "d".into(),
+                primary_key: vec!["id".into()],
+                columns: vec![column("id", 20), column("label", 25)],
+            }],
+        }
+    }
+
+    fn config() -> ReplicaConfig {
+        ReplicaConfig {
+            consistent_point: 0x1_0000_0000,
+            slot: "zero_0_1".into(),
+            publications: vec!["p".into()],
+            app_id: "zero".into(),
+            shard_num: 0,
+            ddl_detection: true,
+        }
+    }
+
+    fn directory() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("zcache-initial-sync-test-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// The binary COPY stream of rows (i, "row i", or NULL for every third label).
+    fn copy_stream(rows: u32) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend_from_slice(&[0; 8]);
+        for i in 0..rows {
+            out.extend_from_slice(&2i16.to_be_bytes());
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&i64::from(i).to_be_bytes());
+            if i % 3 == 0 {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+            } else {
+                let label = format!("row {i}");
+                out.extend_from_slice(&i32::try_from(label.len()).expect("short").to_be_bytes());
+                out.extend_from_slice(label.as_bytes());
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    fn replica_rows(path: &Path) -> Vec<(i64, Option<String>)> {
+        let conn = Connection::open(path).expect("opens");
+        let mut stmt = conn.prepare(r#"SELECT "id", "label" FROM "item" ORDER BY "id""#).expect("prepares");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("queries").collect::<rusqlite::Result<_>>().expect("rows")
+    }
+
+    #[test]
+    fn every_row_arrives_whatever_the_count_and_the_chunking() {
+        for rows in [0, 1, 63, 64, 65, 130, 1000] {
+            for chunk in [1, 7, 4096] {
+                let dir = directory();
+                let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
+                for piece in copy_stream(rows).chunks(chunk) {
+                    sync.copy_chunks(OID, piece.to_vec()).expect("queued");
+                }
+                assert_eq!(sync.finish_table(OID).expect("finished"), u64::from(rows), "{rows} rows in chunks of {chunk}");
+                assert_eq!(sync.rows(), u64::from(rows));
+                sync.finish(&dir.join("r.db")).expect("finishes");
+                let got = replica_rows(&dir.join("r.db"));
+                let want: Vec<(i64, Option<String>)> =
+                    (0..rows).map(|i| (i64::from(i), (i % 3 != 0).then(|| format!("row {i}")))).collect();
+                assert_eq!(got, want, "{rows} rows in chunks of {chunk}");
+                fs::remove_dir_all(&dir).expect("cleaned up");
+            }
+        }
+    }
+
+    #[test]
+    fn a_decoding_error_reaches_the_caller_and_stops_the_sync() {
+        let dir = directory();
+        let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
+        let mut stream = copy_stream(3);
+        // The second row's label ("row 1") stops being UTF-8.
+        let second_label = SIGNATURE.len() + 8 + (2 + 4 + 8 + 4) + (2 + 4 + 8 + 4);
+        assert_eq!(&stream[second_label..second_label + 5], b"row 1");
+        stream[second_label] = 0xFF;
+        sync.copy_chunks(OID, stream).expect("queued before it is decoded");
+        let err = sync.finish_table(OID).expect_err("the bad value is found");
+        assert!(matches!(err, Error::InvalidValue { .. }), "{err}");
+        // Later calls fail too, and nothing is renamed into place.
+        assert!(sync.copy_chunks(OID, vec![0]).is_err());
+        assert!(sync.finish(&dir.join("r.db")).is_err());
+        assert!(!dir.join("r.db").exists());
+        fs::remove_dir_all(&dir).expect("cleaned up");
+    }
+
+    #[test]
+    fn a_framing_error_reaches_the_next_call() {
+        let dir = directory();
+        let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
+        let mut stream = copy_stream(2);
+        // The first tuple claims 3 fields.
+        stream[SIGNATURE.len() + 8..SIGNATURE.len() + 10].copy_from_slice(&3i16.to_be_bytes());
+        sync.copy_chunks(OID, stream).expect("queued before it is decoded");
+        let err = sync.finish_table(OID).expect_err("the bad tuple is found");
+        assert!(matches!(err, Error::Malformed { .. }), "{err}");
+        assert!(err.to_string().contains("tuple 1 has 3 fields, expected 2"), "{err}");
+        assert!(matches!(sync.finish(&dir.join("r.db")), Err(Error::Protocol { .. })));
+        fs::remove_dir_all(&dir).expect("cleaned up");
+    }
+
+    #[test]
+    fn an_unknown_table_is_refused() {
+        let dir = directory();
+        let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
+        assert!(matches!(sync.copy_chunks(OID + 1, vec![]), Err(Error::Schema { .. })));
+        assert!(matches!(sync.copy_statement(OID + 1), Err(Error::Schema { .. })));
+        drop(sync);
+        fs::remove_dir_all(&dir).expect("cleaned up");
+    }
 }

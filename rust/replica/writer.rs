@@ -23,12 +23,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::pg::pgoutput::{Frame, Message, OldTuple, TupleData, Value};
 use crate::pg::schema::{PublishedSchema, TableSpec};
-use crate::pg::values::{decode_binary, decode_text, SqlValue};
+use crate::pg::values::{decode_binary_ref, decode_text, SqlValueRef, ValueKind};
 use crate::pg::{decode_frame, Lsn, RelationCache};
 use crate::replica::layout::quote_ident;
 use crate::replica::schema_change::apply_schema_change;
@@ -104,6 +105,8 @@ pub struct ReplicaWriter {
     pending_commits: u64,
     pending_state: Option<PendingState>,
     idle_wal_end: Lsn,
+    /// Reused for every row key written to the change log.
+    row_key: String,
 }
 
 impl ReplicaWriter {
@@ -126,6 +129,7 @@ impl ReplicaWriter {
             pending_commits: 0,
             pending_state: None,
             idle_wal_end: Lsn(0),
+            row_key: String::new(),
         };
         writer.reload()?;
         Ok(writer)
@@ -399,21 +403,11 @@ impl ReplicaWriter {
     }
 
     fn open_transaction(&self) -> Result<&OpenTransaction> {
-        self.transaction
-            .as_ref()
-            .ok_or_else(|| Error::Protocol { detail: "row change outside a transaction".into() })
-    }
-
-    fn take_pos(&mut self) -> (String, i64) {
-        let tx = self.transaction.as_mut().expect("checked by open_transaction");
-        tx.pos += 1;
-        (tx.version.clone(), tx.pos)
+        self.transaction.as_ref().ok_or_else(outside_transaction)
     }
 
     fn table(&self, oid: u32) -> Result<&ReplicaTable> {
-        self.tables.get(&oid).ok_or_else(|| Error::ResyncRequired {
-            reason: format!("upstream relation oid {oid} is not a replicated table of this replica"),
-        })
+        self.tables.get(&oid).ok_or_else(|| not_replicated(oid))
     }
 
     /// Row changes of a published table the replica does not hold are skipped; the table is no
@@ -460,13 +454,15 @@ impl ReplicaWriter {
 
     /// The tuple's values by table column; `None` for unchanged TOAST values. The flag says
     /// whether every stored column is present.
-    fn decode_tuple(&self, message: &'static str, oid: u32, tuple: &TupleData<'_>) -> Result<(Vec<Option<SqlValue>>, bool)> {
+    fn decode_tuple<'t>(
+        &self,
+        message: &'static str,
+        oid: u32,
+        tuple: &TupleData<'t>,
+    ) -> Result<(Vec<Option<SqlValueRef<'t>>>, bool)> {
         let table = self.table(oid)?;
-        let mapping = self.relation_columns.get(&oid).ok_or(Error::UnknownRelation { message, oid })?;
-        if tuple.len() != mapping.len() {
-            return Err(Error::ColumnCountMismatch { message, oid, relation: mapping.len(), tuple: tuple.len() });
-        }
-        let mut row: Vec<Option<SqlValue>> = vec![Some(SqlValue::Null); table.columns.len()];
+        let mapping = self.relation_mapping(message, oid, tuple)?;
+        let mut row: Vec<Option<SqlValueRef<'t>>> = vec![Some(SqlValueRef::NULL); table.columns.len()];
         let mut complete = true;
         for (position, value) in tuple.iter().enumerate() {
             let index = mapping[position];
@@ -475,62 +471,77 @@ impl ReplicaWriter {
                 continue;
             }
             row[index] = match value {
-                Value::Null => Some(SqlValue::Null),
                 Value::UnchangedToast => {
                     complete = false;
                     None
                 }
-                Value::Text(bytes) => Some(decode_text(&column.kind, bytes)?),
-                Value::Binary(bytes) => Some(decode_binary(&column.kind, bytes)?),
+                value => Some(decode_value(&column.kind, value)?),
             };
         }
         Ok((row, complete))
     }
 
-    fn decode_key(&self, message: &'static str, oid: u32, tuple: &TupleData<'_>) -> Result<Vec<SqlValue>> {
-        let (row, _) = self.decode_tuple(message, oid, tuple)?;
+    /// The primary-key values of an old tuple (the key, or the whole row under REPLICA IDENTITY
+    /// FULL, of which only the key columns are decoded), in key order.
+    fn decode_key<'t>(&self, message: &'static str, oid: u32, tuple: &TupleData<'t>) -> Result<Vec<SqlValueRef<'t>>> {
         let table = self.table(oid)?;
-        table
-            .primary_key
-            .iter()
-            .map(|&i| {
-                row[i].clone().ok_or_else(|| Error::Protocol {
+        let mapping = self.relation_mapping(message, oid, tuple)?;
+        let mut key: Vec<Option<SqlValueRef<'t>>> = vec![None; table.primary_key.len()];
+        for (position, value) in tuple.iter().enumerate() {
+            let Some(k) = table.primary_key.iter().position(|&i| i == mapping[position]) else {
+                continue;
+            };
+            if !matches!(value, Value::UnchangedToast) {
+                key[k] = Some(decode_value(&table.columns[mapping[position]].kind, value)?);
+            }
+        }
+        key.into_iter()
+            .zip(&table.primary_key)
+            .map(|(value, &i)| {
+                value.ok_or_else(|| Error::Protocol {
                     detail: format!("{message} on {} carries no value for key column {}", table.name, table.columns[i].name),
                 })
             })
             .collect()
     }
 
+    fn relation_mapping(&self, message: &'static str, oid: u32, tuple: &TupleData<'_>) -> Result<&[usize]> {
+        let mapping = self.relation_columns.get(&oid).ok_or(Error::UnknownRelation { message, oid })?;
+        if tuple.len() != mapping.len() {
+            return Err(Error::ColumnCountMismatch { message, oid, relation: mapping.len(), tuple: tuple.len() });
+        }
+        Ok(mapping)
+    }
+
+    /// A change-log entry outside the row paths (truncate, schema change).
     fn record_change(&mut self, table: &str, row_key: Option<&str>, op: &str) -> Result<()> {
-        let (version, pos) = self.take_pos();
-        self.conn
-            .prepare_cached(
-                r#"INSERT INTO "_zcache_changes" ("state_version", "pos", "table", "row_key", "op") VALUES (?1, ?2, ?3, ?4, ?5)
-                   ON CONFLICT ("table", "row_key") DO UPDATE
-                   SET "state_version" = excluded."state_version", "pos" = excluded."pos", "op" = excluded."op""#,
-            )?
-            .execute(params![version, pos, table, row_key, op])?;
-        Ok(())
+        let tx = self.transaction.as_mut().ok_or_else(outside_transaction)?;
+        record_change(&self.conn, tx, table, row_key, op)
     }
 
-    fn upsert(&mut self, oid: u32, row: &[Option<SqlValue>]) -> Result<()> {
-        let table = self.table(oid)?;
-        let version = self.open_transaction()?.version.clone();
-        let mut values: Vec<&SqlValue> = table.stored_columns().map(|(i, _)| row[i].as_ref().unwrap_or(&SqlValue::Null)).collect();
-        let version_value = SqlValue::Text(version);
-        values.push(&version_value);
-        self.conn.prepare_cached(&table.upsert_sql())?.execute(params_from_iter(values))?;
-        let key: Vec<&SqlValue> = table.primary_key.iter().map(|&i| row[i].as_ref().unwrap_or(&SqlValue::Null)).collect();
-        let row_key = table.row_key(&key);
-        let name = table.name.clone();
-        self.record_change(&name, Some(&row_key), "s")
+    fn upsert(&mut self, oid: u32, row: &[Option<SqlValueRef<'_>>]) -> Result<()> {
+        let tx = self.transaction.as_mut().ok_or_else(outside_transaction)?;
+        let table = self.tables.get(&oid).ok_or_else(|| not_replicated(oid))?;
+        let values = table
+            .stored_columns()
+            .map(|(i, _)| bind(row[i].as_ref()))
+            .chain([ToSqlOutput::Borrowed(ValueRef::Text(tx.version.as_bytes()))]);
+        self.conn.prepare_cached(table.upsert_statement())?.execute(params_from_iter(values))?;
+        table.write_row_key(&mut self.row_key, table.primary_key.iter().map(|&i| value_ref(row[i].as_ref())));
+        record_change(&self.conn, tx, &table.name, Some(&self.row_key), "s")
     }
 
-    fn update(&mut self, oid: u32, old_key: Option<Vec<SqlValue>>, row: &[Option<SqlValue>], complete: bool) -> Result<()> {
-        let table = self.table(oid)?.clone();
-        let new_key: Vec<SqlValue> =
-            table.primary_key.iter().map(|&i| row[i].clone().unwrap_or(SqlValue::Null)).collect();
-        let key_changed = old_key.as_ref().is_some_and(|old| old != &new_key);
+    fn update(
+        &mut self,
+        oid: u32,
+        old_key: Option<Vec<SqlValueRef<'_>>>,
+        row: &[Option<SqlValueRef<'_>>],
+        complete: bool,
+    ) -> Result<()> {
+        let table = self.tables.get(&oid).ok_or_else(|| not_replicated(oid))?;
+        let key_changed = old_key.as_ref().is_some_and(|old| {
+            old.iter().zip(&table.primary_key).any(|(old, &i)| old.value_ref() != value_ref(row[i].as_ref()))
+        });
         if complete {
             if let Some(old) = old_key.filter(|_| key_changed) {
                 self.delete(oid, &old)?;
@@ -538,12 +549,19 @@ impl ReplicaWriter {
             return self.upsert(oid, row);
         }
         // Some TOASTed values were not sent: update the columns that were, in place.
+        let tx = self.transaction.as_mut().ok_or_else(outside_transaction)?;
         let present: Vec<bool> = row.iter().map(Option::is_some).collect();
-        let version = SqlValue::Text(self.open_transaction()?.version.clone());
-        let where_key = old_key.clone().unwrap_or_else(|| new_key.clone());
-        let mut values: Vec<&SqlValue> = table.stored_columns().filter_map(|(i, _)| row[i].as_ref()).collect();
-        values.push(&version);
-        values.extend(where_key.iter());
+        let new_key = || table.primary_key.iter().map(|&i| value_ref(row[i].as_ref()));
+        let where_key: Vec<ValueRef<'_>> = match &old_key {
+            Some(old) => old.iter().map(SqlValueRef::value_ref).collect(),
+            None => new_key().collect(),
+        };
+        let values = table
+            .stored_columns()
+            .filter_map(|(i, _)| row[i].as_ref().map(SqlValueRef::value_ref))
+            .chain([ValueRef::Text(tx.version.as_bytes())])
+            .chain(where_key.iter().copied())
+            .map(ToSqlOutput::Borrowed);
         let updated = self.conn.prepare_cached(&table.partial_update_sql(&present))?.execute(params_from_iter(values))?;
         if updated != 1 {
             return Err(Error::ResyncRequired {
@@ -551,20 +569,19 @@ impl ReplicaWriter {
             });
         }
         if key_changed {
-            let old: Vec<&SqlValue> = where_key.iter().collect();
-            self.record_change(&table.name, Some(&table.row_key(&old)), "d")?;
+            table.write_row_key(&mut self.row_key, where_key.iter().copied());
+            record_change(&self.conn, tx, &table.name, Some(&self.row_key), "d")?;
         }
-        let new: Vec<&SqlValue> = new_key.iter().collect();
-        self.record_change(&table.name, Some(&table.row_key(&new)), "s")
+        table.write_row_key(&mut self.row_key, new_key());
+        record_change(&self.conn, tx, &table.name, Some(&self.row_key), "s")
     }
 
-    fn delete(&mut self, oid: u32, key: &[SqlValue]) -> Result<()> {
-        let table = self.table(oid)?;
-        self.conn.prepare_cached(&table.delete_sql())?.execute(params_from_iter(key.iter()))?;
-        let key_refs: Vec<&SqlValue> = key.iter().collect();
-        let row_key = table.row_key(&key_refs);
-        let name = table.name.clone();
-        self.record_change(&name, Some(&row_key), "d")
+    fn delete(&mut self, oid: u32, key: &[SqlValueRef<'_>]) -> Result<()> {
+        let tx = self.transaction.as_mut().ok_or_else(outside_transaction)?;
+        let table = self.tables.get(&oid).ok_or_else(|| not_replicated(oid))?;
+        self.conn.prepare_cached(table.delete_statement())?.execute(params_from_iter(key))?;
+        table.write_row_key(&mut self.row_key, key.iter().map(SqlValueRef::value_ref));
+        record_change(&self.conn, tx, &table.name, Some(&self.row_key), "d")
     }
 
     fn truncate(&mut self, oid: u32) -> Result<()> {
@@ -573,6 +590,44 @@ impl ReplicaWriter {
         self.conn.execute(r#"DELETE FROM "_zcache_changes" WHERE "table" = ?1"#, params![name])?;
         self.record_change(&name, None, "t")
     }
+}
+
+fn outside_transaction() -> Error {
+    Error::Protocol { detail: "row change outside a transaction".into() }
+}
+
+fn not_replicated(oid: u32) -> Error {
+    Error::ResyncRequired { reason: format!("upstream relation oid {oid} is not a replicated table of this replica") }
+}
+
+fn decode_value<'t>(kind: &ValueKind, value: Value<'t>) -> Result<SqlValueRef<'t>> {
+    Ok(match value {
+        Value::Null | Value::UnchangedToast => SqlValueRef::NULL,
+        Value::Text(bytes) => SqlValueRef::Owned(decode_text(kind, bytes)?),
+        Value::Binary(bytes) => decode_binary_ref(kind, bytes)?,
+    })
+}
+
+/// A column of a decoded row as SQLite binds it (an unchanged TOAST value is never bound).
+fn value_ref<'v>(value: Option<&'v SqlValueRef<'_>>) -> ValueRef<'v> {
+    value.map_or(ValueRef::Null, SqlValueRef::value_ref)
+}
+
+fn bind<'v>(value: Option<&'v SqlValueRef<'_>>) -> ToSqlOutput<'v> {
+    ToSqlOutput::Borrowed(value_ref(value))
+}
+
+/// The latest change of a row (or of a whole table when `row_key` is None) in the change log, at
+/// the transaction's next position.
+fn record_change(conn: &Connection, tx: &mut OpenTransaction, table: &str, row_key: Option<&str>, op: &str) -> Result<()> {
+    tx.pos += 1;
+    conn.prepare_cached(
+        r#"INSERT INTO "_zcache_changes" ("state_version", "pos", "table", "row_key", "op") VALUES (?1, ?2, ?3, ?4, ?5)
+           ON CONFLICT ("table", "row_key") DO UPDATE
+           SET "state_version" = excluded."state_version", "pos" = excluded."pos", "op" = excluded."op""#,
+    )?
+    .execute(params![tx.version, tx.pos, table, row_key, op])?;
+    Ok(())
 }
 
 /// Opens the replica for writing: WAL (readers never block the writer), every commit durable.

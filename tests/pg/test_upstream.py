@@ -307,7 +307,7 @@ def test_setup_creates_zero_caches_objects(tldraw: Conn) -> None:
         """
     ).fetchall() == [
         ("zero.set_permissions_hash()", "trigger", "v", False, None),
-        ("zero_0.published_schema()", "json", "s", False, ["search_path=pg_catalog, pg_temp"]),
+        ("zero_0.published_schema()", "json", "s", False, ["search_path=pg_catalog, pg_temp", "jit=off"]),
         ("zero_0.zcache_ddl_end()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_ddl_start()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
         ("zero_0.zcache_table_rewrite()", "event_trigger", "v", True, ["search_path=pg_catalog, pg_temp"]),
@@ -372,13 +372,25 @@ def test_setup_twice_changes_nothing(tldraw: Conn) -> None:
     conn = tldraw
     first = setup_shard(conn, SHARD, [])
     conn.execute("SELECT pg_create_logical_replication_slot('zt_idempotent', 'pgoutput')")
+    # Every DDL command from here on, as event triggers see it (outside the published schema).
+    conn.execute("CREATE SCHEMA zt_audit")
+    conn.execute("CREATE TABLE zt_audit.ddl_seen (tag text NOT NULL)")
+    conn.execute(
+        """
+        CREATE FUNCTION zt_audit.note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO zt_audit.ddl_seen VALUES (TG_TAG); END $$
+        """
+    )
+    conn.execute("CREATE EVENT TRIGGER zt_note_ddl ON ddl_command_end EXECUTE FUNCTION zt_audit.note_ddl()")
     fingerprint, versions = schema_fingerprint(conn), catalog_versions(conn)
     assert setup_shard(conn, SHARD, []) == first
     assert schema_fingerprint(conn) == fingerprint
     assert catalog_versions(conn) == versions
-    # The existing event trigger fired on the setup's CREATE … IF NOT EXISTS, but the published
-    # schema did not change, so nothing was emitted.
+    # No DDL at all (each statement would fire the shard's triggers, which compute the published
+    # schema: slow restarts), so nothing was emitted either.
+    assert conn.execute("SELECT tag FROM zt_audit.ddl_seen").fetchall() == []
     assert ddl_messages(conn, "zt_idempotent") == []
+    conn.execute("DROP EVENT TRIGGER zt_note_ddl")
 
 
 def test_concurrent_setups_both_succeed(pg_dsn: str, tldraw: Conn) -> None:

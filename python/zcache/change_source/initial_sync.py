@@ -8,8 +8,9 @@
 3. Tables are copied in parallel (`ZERO_INITIAL_SYNC_TABLE_COPY_WORKERS` connections, each in a
    REPEATABLE READ transaction on the exported snapshot), largest first, with
    `COPY … TO STDOUT (FORMAT binary)`. Each worker thread reads CopyData messages with libpq and
-   hands them to Rust in batches (`_native.InitialSync.copy_chunks`, GIL released); Rust decodes
-   and inserts into a staging SQLite file.
+   hands them to Rust in batches (`_native.InitialSync.copy_chunks`, GIL released), which queues
+   them for Rust's writer thread: it decodes and inserts into a staging SQLite file while the
+   workers go on reading (a bounded queue: they wait when the writer falls behind).
 4. Rust builds the indexes, records the replication config and state, and renames the staging file
    over the replica atomically. Only then is the sync recorded upstream (`<shard>.replicas`) and
    older slots of the shard dropped.
@@ -48,24 +49,21 @@ class InitialSyncError(Exception):
 
 @dataclass
 class _Progress:
+    sync: _native.InitialSync
     tables_total: int
     rows_estimate: int
     tables_done: int = 0
-    rows: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add_rows(self, n: int) -> None:
-        with self.lock:
-            self.rows += n
-
     def line(self) -> str:
+        rows = self.sync.rows
         elapsed = time.monotonic() - self.started
-        rate = self.rows / elapsed if elapsed > 0 else 0.0
-        remaining = max(self.rows_estimate - self.rows, 0)
+        rate = rows / elapsed if elapsed > 0 else 0.0
+        remaining = max(self.rows_estimate - rows, 0)
         eta = f"{remaining / rate:.1f}s" if rate > 0 and self.rows_estimate else "?"
         return (
-            f"initial sync: {self.tables_done}/{self.tables_total} tables, {self.rows} rows, "
+            f"initial sync: {self.tables_done}/{self.tables_total} tables, {rows} rows, "
             f"{rate:,.0f} rows/s, ETA {eta}"
         )
 
@@ -127,10 +125,10 @@ def _copy_table(dsn: str, snapshot: str, sync: _native.InitialSync, oid: int, pr
                 break
             chunks.append(bytes(buffer))
             if len(chunks) >= _CHUNKS_PER_CALL:
-                progress.add_rows(sync.copy_chunks(oid, chunks))
+                sync.copy_chunks(oid, chunks)
                 chunks = []
         if chunks:
-            progress.add_rows(sync.copy_chunks(oid, chunks))
+            sync.copy_chunks(oid, chunks)
         while (result := pg.get_result()) is not None:
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise InitialSyncError(f"{statement} failed: {result.error_message.decode(errors='replace').strip()}")
@@ -177,7 +175,7 @@ async def run_initial_sync(
                 ddl_detection=setup.ddl_detection,
             )
         )
-        progress = _Progress(tables_total=len(oids), rows_estimate=sum(estimates.values()))
+        progress = _Progress(sync, tables_total=len(oids), rows_estimate=sum(estimates.values()))
         limiter = trio.CapacityLimiter(max(1, copy_workers))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_progress, progress)
@@ -187,6 +185,8 @@ async def run_initial_sync(
                         lambda o=oid: trio.to_thread.run_sync(_copy_table, dsn, snapshot, sync, o, progress, limiter=limiter)
                     )
             nursery.cancel_scope.cancel()
+        rows = sync.rows
+        log.info("%s; building indexes", progress.line())
         await trio.to_thread.run_sync(sync.finish, str(replica_path))
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -196,8 +196,8 @@ async def run_initial_sync(
     await trio.to_thread.run_sync(replication_conn.close)
     await trio.to_thread.run_sync(_record_sync, dsn, setup, slot, consistent_point, schema)
     seconds = time.monotonic() - started
-    log.info("%s; done in %.2fs", progress.line(), seconds)
-    return InitialSyncReport(slot, consistent_point, len(oids), progress.rows, seconds)
+    log.info("initial sync done in %.2fs", seconds)
+    return InitialSyncReport(slot, consistent_point, len(oids), rows, seconds)
 
 
 def _drop_slot_quietly(dsn: str, slot: str) -> None:

@@ -3,13 +3,16 @@
 psycopg 3 has no replication API, but its libpq wrapper (`psycopg.pq.PGconn`) has everything the
 protocol needs. A `replication="database"` connection sends `START_REPLICATION … LOGICAL`; the
 server answers with CopyBoth and then streams CopyData frames (XLogData with a pgoutput message,
-or a primary keepalive). The socket is non-blocking: `read_batch` takes every frame libpq has
-buffered and waits for the socket with `trio.lowlevel.wait_readable` only when there is none, so
-one batch is whatever arrived together (bounded by a frame count and a byte budget). Frames go to
-Rust as they are; this module never looks inside them.
+or a primary keepalive). The socket is non-blocking: `read_batch` takes every frame that has
+arrived, reading the socket again until it would block (bounded by a frame count and a byte
+budget), and waits with `trio.lowlevel.wait_readable` only when nothing has arrived. So a backlog
+comes in large batches, and a live stream in whatever arrived together. Frames go to Rust as they
+are; the only thing this module reads in them is a keepalive's "reply requested" flag, so that
+the caller can answer at once (`wants_reply`).
 
 Standby status updates (write/flush/apply LSN) are encoded by Rust and written with
-`put_copy_data`; a full socket buffer is waited out with `wait_writable`.
+`put_copy_data`; a full socket buffer is waited out with `wait_writable`. Status updates may come
+from more than one task (a prompt keepalive reply, the status after a batch), so they take turns.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class SlotUnusableError(ReplicationStreamError):
 # SQLSTATEs with which START_REPLICATION refuses a slot that is missing or invalidated.
 _SLOT_GONE_STATES = {"42704", "55000"}
 
+# Primary keepalive message: Byte1('k'), Int64 WAL end, Int64 send time, Byte1 reply requested.
+_KEEPALIVE = ord("k")
+_KEEPALIVE_LENGTH = 18
+
+
+def wants_reply(frame: bytes) -> bool:
+    """Whether `frame` is a keepalive with which the server asks for a status update now."""
+    return len(frame) == _KEEPALIVE_LENGTH and frame[0] == _KEEPALIVE and frame[17] != 0
+
 
 @dataclass(frozen=True)
 class StreamStart:
@@ -69,6 +81,8 @@ class ReplicationStream:
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         self._conn = conn
         self._pg = conn.pgconn
+        self._sending = trio.Lock()
+        self._sent_lsn = 0
 
     @classmethod
     async def open(cls, dsn: str, start: StreamStart) -> ReplicationStream:
@@ -105,41 +119,52 @@ class ReplicationStream:
             raise error(f"START_REPLICATION on slot {start.slot} failed: {message.strip()}", sqlstate=state)
 
     async def read_batch(self, *, max_frames: int, max_bytes: int, timeout_s: float) -> list[bytes]:
-        """The frames that are available now (waiting up to `timeout_s` for the first one)."""
+        """The frames that have arrived, read until the socket would block (waiting up to
+        `timeout_s` for the first one). Stops early at `max_frames` frames or `max_bytes` bytes,
+        and after a keepalive that wants a reply (`wants_reply`)."""
         pg = self._pg
         frames: list[bytes] = []
         size = 0
-        waited = False
+        read_since_frame = False  # the socket was read since the last complete frame
         while len(frames) < max_frames and size < max_bytes:
             n, buffer = pg.get_copy_data(1)
             if n > 0:
                 frame = bytes(buffer)
                 frames.append(frame)
                 size += n
-                continue
-            if n == 0:
-                if frames or waited:
+                read_since_frame = False
+                if wants_reply(frame):
                     break
+                continue
+            if n < 0:
+                self._raise_end()
+            if read_since_frame:
+                break  # reading the socket brought no complete frame: it would block
+            if not frames:
                 with trio.move_on_after(timeout_s):
                     await trio.lowlevel.wait_readable(pg.socket)
-                waited = True
-                self._consume()
-                continue
-            self._raise_end()
+            self._consume()
+            read_since_frame = True
+        # Let other tasks run even when frames keep arriving.
+        await trio.lowlevel.checkpoint()
         return frames
 
-    async def send_status(self, *, write_lsn: int, flush_lsn: int, apply_lsn: int, reply: bool = False) -> None:
-        now_us = int((time.time() - _PG_EPOCH_OFFSET_S) * 1_000_000)
-        message = _native.encode_standby_status(write_lsn, flush_lsn, apply_lsn, now_us, reply)
+    async def send_status(self, lsn: int, *, reply: bool = False) -> None:
+        """Reports `lsn` as written, flushed and applied (never less than an earlier report)."""
         pg = self._pg
-        while True:
-            sent = pg.put_copy_data(message)
-            if sent == 1:
-                break
-            if sent < 0:
-                self._raise_end()
-            await trio.lowlevel.wait_writable(pg.socket)
-        await self._flush_output()
+        async with self._sending:
+            lsn = max(lsn, self._sent_lsn)
+            self._sent_lsn = lsn
+            now_us = int((time.time() - _PG_EPOCH_OFFSET_S) * 1_000_000)
+            message = _native.encode_standby_status(lsn, lsn, lsn, now_us, reply)
+            while True:
+                sent = pg.put_copy_data(message)
+                if sent == 1:
+                    break
+                if sent < 0:
+                    self._raise_end()
+                await trio.lowlevel.wait_writable(pg.socket)
+            await self._flush_output()
 
     async def _flush_output(self) -> None:
         pg = self._pg

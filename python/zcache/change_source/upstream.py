@@ -404,8 +404,11 @@ def _previous_ddl_detection(conn: Conn, shard: ShardId) -> bool | None:
 def _ensure_app_objects(conn: Conn, shard: ShardId) -> None:
     app = sql.Identifier(shard.app_schema)
     permissions = sql.Identifier(shard.app_schema, "permissions")
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(app))
-    conn.execute(
+    _create_missing(conn, shard.app_schema, None, sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(app))
+    _create_missing(
+        conn,
+        shard.app_schema,
+        "permissions",
         sql.SQL(
             """
             CREATE TABLE IF NOT EXISTS {} (
@@ -415,7 +418,7 @@ def _ensure_app_objects(conn: Conn, shard: ShardId) -> None:
               "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
             )
             """
-        ).format(permissions)
+        ).format(permissions),
     )
     _ensure_function(
         conn,
@@ -457,11 +460,11 @@ END
 
 
 def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
-    # zero-cache 1.9's definitions, column for column.
+    # zero-cache 1.9's definitions, column for column, by the table they create.
     statements = [
-        "CREATE SCHEMA IF NOT EXISTS {schema}",
+        (None, "CREATE SCHEMA IF NOT EXISTS {schema}"),
         # Written by the app server's push handler (`@rocicorp/zero/server`) and by CRUD mutations.
-        """
+        ("clients", """
         CREATE TABLE IF NOT EXISTS {schema}."clients" (
           "clientGroupID"  TEXT NOT NULL,
           "clientID"       TEXT NOT NULL,
@@ -469,9 +472,9 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "userID"         TEXT,
           PRIMARY KEY ("clientGroupID", "clientID")
         )
-        """,
+        """),
         # Results of mutations that failed with an app error, until the client acks them.
-        """
+        ("mutations", """
         CREATE TABLE IF NOT EXISTS {schema}."mutations" (
           "clientGroupID"  TEXT NOT NULL,
           "clientID"       TEXT NOT NULL,
@@ -479,16 +482,16 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "result"         JSON NOT NULL,
           PRIMARY KEY ("clientGroupID", "clientID", "mutationID")
         )
-        """,
-        """
+        """),
+        ("shardConfig", """
         CREATE TABLE IF NOT EXISTS {schema}."shardConfig" (
           "publications"  TEXT[] NOT NULL,
           "ddlDetection"  BOOL NOT NULL,
           "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
         )
-        """,
+        """),
         # One row per initial sync: the slot it created and the replica version it produced.
-        """
+        ("replicas", """
         CREATE TABLE IF NOT EXISTS {schema}."replicas" (
           "id"                 TEXT PRIMARY KEY DEFAULT replace(gen_random_uuid()::text, '-', ''),
           "rank"               BIGSERIAL,
@@ -498,18 +501,29 @@ def _ensure_shard_tables(conn: Conn, shard: ShardId) -> None:
           "initialSyncContext" JSON,
           "subscriberContext"  JSON
         )
-        """,
+        """),
         # zcache's own: the published schema last emitted by the DDL trigger (or recorded by setup).
-        """
+        ("zcacheLastSchema", """
         CREATE TABLE IF NOT EXISTS {schema}."zcacheLastSchema" (
           "current" JSON NOT NULL,
           "lock" BOOL PRIMARY KEY DEFAULT true CHECK (lock)
         )
-        """,
+        """),
     ]
     schema = sql.Identifier(shard.shard_schema)
-    for statement in statements:
-        conn.execute(sql.SQL(statement).format(schema=schema))
+    for table, statement in statements:
+        _create_missing(conn, shard.shard_schema, table, sql.SQL(statement).format(schema=schema))
+
+
+def _create_missing(conn: Conn, schema: str, table: str | None, create: sql.Composable) -> None:
+    """Runs `create` unless the schema (`table` None) or table exists. Even a CREATE … IF NOT
+    EXISTS that creates nothing fires the DDL event triggers, and the shard's end trigger computes
+    the whole published schema: a restart would pay that once per statement."""
+    name = sql.Identifier(schema) if table is None else sql.Identifier(schema, table)
+    check = "SELECT to_regnamespace(%s) IS NOT NULL" if table is None else "SELECT to_regclass(%s) IS NOT NULL"
+    (exists,) = _one(conn, check, [name.as_string(conn)])
+    if not exists:
+        conn.execute(create)
 
 
 @dataclass(frozen=True)
@@ -754,6 +768,15 @@ class _Function:
     security_definer: bool
     search_path: str | None
     body: str
+    # False: the function runs with jit = off. The published-schema query is costed high enough
+    # for Postgres to JIT-compile it, which takes ~10 times longer than running it.
+    jit: bool = True
+
+    @property
+    def settings(self) -> list[str]:
+        """The function's SET clauses, as pg_proc.proconfig lists them."""
+        search_path = [] if self.search_path is None else [f"search_path={self.search_path}"]
+        return search_path + ([] if self.jit else ["jit=off"])
 
 
 def _ensure_function(conn: Conn, function: _Function) -> None:
@@ -766,7 +789,7 @@ def _ensure_function(conn: Conn, function: _Function) -> None:
         function.language,
         "s" if function.stable else "v",
         function.security_definer,
-        None if function.search_path is None else [f"search_path={function.search_path}"],
+        function.settings or None,
     )
     current = _one_or_none(
         conn,
@@ -779,22 +802,21 @@ def _ensure_function(conn: Conn, function: _Function) -> None:
     )
     if current == expected:
         return
-    search_path = (
-        sql.SQL("")
-        if function.search_path is None
-        else sql.SQL(" SET search_path = {}").format(sql.SQL(function.search_path))
+    settings = sql.SQL("").join(
+        sql.SQL(" SET {} = {}").format(sql.Identifier(name), sql.SQL(value))
+        for name, _, value in (setting.partition("=") for setting in function.settings)
     )
     conn.execute(
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {name}() RETURNS {returns} LANGUAGE {language} {volatility} {security}"
-            "{search_path} AS {body}"
+            "{settings} AS {body}"
         ).format(
             name=name,
             returns=sql.SQL(function.returns),
             language=sql.SQL(function.language),
             volatility=sql.SQL("STABLE" if function.stable else "VOLATILE"),
             security=sql.SQL("SECURITY DEFINER" if function.security_definer else "SECURITY INVOKER"),
-            search_path=search_path,
+            settings=settings,
             body=sql.Literal(function.body),
         )
     )
@@ -931,6 +953,7 @@ def _shard_functions(conn: Conn, shard: ShardId) -> list[_Function]:
             security_definer=False,
             search_path=_SEARCH_PATH,
             body=render(_PUBLISHED_SCHEMA_SQL, config=_shard_table(shard, "shardConfig")),
+            jit=False,
         ),
         _Function(
             schema=shard.shard_schema,

@@ -5,13 +5,16 @@
 1. check upstream (`wal_level`, rights) and set up the shard (schemas, publications, DDL trigger);
 2. open the replica, or build one with an initial sync when there is none, or when it no longer
    matches upstream (another app/shard or publications, or its slot is gone or invalidated);
-3. stream from the replica's watermark: each batch of frames is applied by Rust in a worker thread,
-   then the durable LSN is confirmed upstream, then the new state version is published.
+3. stream from the replica's watermark. One task receives frames into a bounded backlog while
+   another applies what has arrived (the whole backlog as one batch, by Rust in a worker thread),
+   then confirms the durable LSN upstream and publishes the new state version. So Postgres keeps
+   decoding and sending while a batch is applied, and a backlog is applied in large batches.
 
 Invariants:
 - Upstream is told `flush = ack_lsn` only after Rust has committed those transactions durably, so
   a crash (even kill -9) loses nothing: the next start resumes from the replica's watermark and
-  Rust skips any transaction it already has.
+  Rust skips any transaction it already has. A keepalive that asks for a reply is answered at
+  once by the receiving task, with the last durable LSN (not after the batches before it).
 - A dropped connection is retried with exponential backoff from the durable watermark.
 - `ResyncRequiredError` (a schema change the stream cannot express, a missing or invalidated slot)
   leads to a fresh initial sync when `ZERO_AUTO_RESET` is on, and stops the replicator otherwise.
@@ -32,12 +35,19 @@ import trio
 from zcache import _native
 from zcache.change_source import upstream
 from zcache.change_source.initial_sync import drop_stale_slots, run_initial_sync
-from zcache.change_source.stream import ReplicationStream, ReplicationStreamError, SlotUnusableError, StreamStart
+from zcache.change_source.stream import (
+    ReplicationStream,
+    ReplicationStreamError,
+    SlotUnusableError,
+    StreamStart,
+    wants_reply,
+)
 from zcache.config import ZeroConfig
 
 log = logging.getLogger("zcache.replicator")
 
-# A batch is what arrived together, capped so a keepalive waiting for a reply is not held up long.
+# The backlog of received frames (and so a batch) is capped: memory stays bounded and one batch is
+# applied in well under a second.
 MAX_BATCH_FRAMES = 20_000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 # Status updates well inside wal_sender_timeout (60 s by default), and while idle.
@@ -96,6 +106,43 @@ class VersionNotifier:
         return self._version
 
 
+class _Backlog:
+    """Frames received but not applied yet. The receiving task adds what arrives; the applying
+    task takes all of it as its next batch. Bounded: when full, the receiver waits until the
+    backlog is taken, so the socket is not read and the walsender is held back (backpressure)."""
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._frames: list[bytes] = []
+        self._bytes = 0
+        self._arrived = trio.Event()
+        self._taken = trio.Event()
+
+    def room(self) -> tuple[int, int]:
+        """How many more frames, and bytes, the backlog takes."""
+        return self._max_frames - len(self._frames), self._max_bytes - self._bytes
+
+    async def put(self, frames: list[bytes]) -> None:
+        """Adds `frames` (at most `room()`), then waits while the backlog is full."""
+        if frames:
+            self._frames.extend(frames)
+            self._bytes += sum(map(len, frames))
+            self._arrived.set()
+        while min(self.room()) <= 0:
+            await self._taken.wait()
+
+    async def take(self, timeout_s: float) -> list[bytes]:
+        """Every frame in the backlog, waiting up to `timeout_s` for one (else [])."""
+        with trio.move_on_after(timeout_s):
+            await self._arrived.wait()
+        frames, self._frames, self._bytes = self._frames, [], 0
+        self._arrived = trio.Event()
+        self._taken.set()
+        self._taken = trio.Event()
+        return frames
+
+
 class Replicator:
     def __init__(self, config: ZeroConfig) -> None:
         if config.upstream.db is None:
@@ -114,6 +161,8 @@ class Replicator:
         self._state_version = ""
         self._watermark_lsn = 0
         self._slot = ""
+        # What may be confirmed upstream: everything up to it is durable in the replica.
+        self._durable_lsn = 0
         self._setup: upstream.ShardSetup | None = None
         self._transactions = 0
         self._rows = 0
@@ -250,27 +299,46 @@ class Replicator:
         start = StreamStart(writer.slot, writer.watermark_lsn, tuple(writer.publications))
         stream = await ReplicationStream.open(self._dsn, start)
         log.info("streaming from slot %s at %s", start.slot, _native.format_lsn(start.start_lsn))
+        self._durable_lsn = start.start_lsn
+        backlog = _Backlog(MAX_BATCH_FRAMES, MAX_BATCH_BYTES)
         try:
-            acked = writer.watermark_lsn
-            last_status = time.monotonic()
-            while True:
-                frames = await stream.read_batch(max_frames=MAX_BATCH_FRAMES, max_bytes=MAX_BATCH_BYTES, timeout_s=IDLE_WAIT_S)
-                reply = False
-                if frames:
-                    outcome = await trio.to_thread.run_sync(writer.apply_frames, frames)
-                    self._transactions += outcome.transactions
-                    self._rows += outcome.rows
-                    if outcome.schema_changed:
-                        log.info("schema change applied at version %s", outcome.state_version)
-                    self._note_progress(writer)
-                    reply = outcome.reply_requested
-                    ack = outcome.ack_lsn
-                else:
-                    ack = writer.watermark_lsn
-                if reply or ack > acked or time.monotonic() - last_status >= STATUS_INTERVAL_S:
-                    await stream.send_status(write_lsn=ack, flush_lsn=ack, apply_lsn=ack)
-                    acked = max(acked, ack)
-                    last_status = time.monotonic()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, stream, backlog)
+                await self._apply(stream, writer, backlog)
+        except BaseExceptionGroup as group:
+            # One task fails and the other is cancelled: raise that failure as itself, for run().
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _receive(self, stream: ReplicationStream, backlog: _Backlog) -> None:
+        while True:
+            max_frames, max_bytes = backlog.room()
+            frames = await stream.read_batch(max_frames=max_frames, max_bytes=max_bytes, timeout_s=math.inf)
+            if frames and wants_reply(frames[-1]):
+                await stream.send_status(self._durable_lsn)
+            await backlog.put(frames)
+
+    async def _apply(self, stream: ReplicationStream, writer: _native.ReplicaWriter, backlog: _Backlog) -> None:
+        acked = self._durable_lsn
+        last_status = time.monotonic()
+        while True:
+            frames = await backlog.take(IDLE_WAIT_S)
+            reply = False
+            if frames:
+                outcome = await trio.to_thread.run_sync(writer.apply_frames, frames)
+                del frames  # not kept while the next batch arrives
+                self._transactions += outcome.transactions
+                self._rows += outcome.rows
+                if outcome.schema_changed:
+                    log.info("schema change applied at version %s", outcome.state_version)
+                self._note_progress(writer)
+                reply = outcome.reply_requested
+                self._durable_lsn = max(self._durable_lsn, outcome.ack_lsn)
+            if reply or self._durable_lsn > acked or time.monotonic() - last_status >= STATUS_INTERVAL_S:
+                await stream.send_status(self._durable_lsn)
+                acked = self._durable_lsn
+                last_status = time.monotonic()
