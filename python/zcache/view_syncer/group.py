@@ -400,26 +400,12 @@ class ClientGroup:
     async def connect(self, handle: Connection) -> list[str]:
         """Loads (if needed), checks and registers the connection; sends its first poke.
         Returns the `deleted.clientIDs` that the caller acknowledges."""
-        conn, init = handle.conn, handle.init
-        params = conn.params
+        params = handle.conn.params
         try:
             base = None if params.base_cookie is None else CVRVersion.parse(params.base_cookie)
         except ValueError as e:
             raise ConnectRefused("InvalidConnectionRequestBaseCookie", str(e)) from None
-        if self._svc.transformer is not None:
-            try:
-                validation = await self._svc.transformer.validate_connection(
-                    auth_token=conn.auth.token,
-                    user_url=init.user_query_url,
-                    client_headers=init.user_query_headers,
-                    request_headers=conn.request_headers,
-                    cookie=conn.cookie,
-                    origin=conn.origin,
-                )
-            except TransformFailed as e:
-                raise ConnectRefused(e.body["kind"], e.body.get("message", ""), **_extra(e.body)) from None
-            if validation is not None and validation.user_id != params.user_id:
-                raise ConnectRefused("Unauthorized", "Connection userID does not match validated server userID.")
+        await self.validate(handle)
         async with self.locked():
             if not self.loaded:
                 snapshot = await self._svc.store.load(self.id, granted_at_ms=now_ms())
@@ -449,6 +435,26 @@ class ClientGroup:
             self.connections[handle.client_id] = handle
             self.idle_since = None
         return deleted
+
+    async def validate(self, handle: Connection) -> None:
+        """The query URL's word on the connection's user (`["transform",[]]`), if there is one."""
+        transformer = self._svc.transformer
+        if transformer is None:
+            return
+        conn, init = handle.conn, handle.init
+        try:
+            validation = await transformer.validate_connection(
+                auth_token=conn.auth.token,
+                user_url=init.user_query_url,
+                client_headers=init.user_query_headers,
+                request_headers=conn.request_headers,
+                cookie=conn.cookie,
+                origin=conn.origin,
+            )
+        except TransformFailed as e:
+            raise ConnectRefused(e.body["kind"], e.body.get("message", ""), **_extra(e.body)) from None
+        if validation is not None and validation.user_id != conn.params.user_id:
+            raise ConnectRefused("Unauthorized", "Connection userID does not match validated server userID.")
 
     def _adopt(self, snapshot: CVRSnapshot) -> None:
         self._reset_state()
