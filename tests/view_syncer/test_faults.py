@@ -202,3 +202,30 @@ async def test_groups_are_unloaded_when_their_clients_leave(pg_dsn: str, tmp_pat
         await back.wait_for(lambda: back.pokes >= 1, "catch-up")
         assert back.view.rows == h.expected([q])
         await sb.close()
+
+
+async def test_replica_rebuilt_clients_rehome_and_converge(pg_dsn: str, tmp_path: Path) -> None:
+    """A change the stream cannot express (a column's type) makes the replicator build a new
+    replica: the view syncer reopens the engine, clients are sent Rehome and come back from
+    their cookies."""
+    async with running(pg_dsn, tmp_path) as h:
+        await h.start_service()
+        q = files_with_owner("u1")
+        c = FakeClient("c1", "g1")
+        await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
+        await c.wait_for(lambda: q.hash in c.view.got, "hydration")
+        with h.upstream.transaction():
+            h.upstream.execute("UPDATE file SET name = 'during' WHERE id = 'f1'")
+            h.upstream.execute('ALTER TABLE "user" ALTER COLUMN name TYPE varchar(200)')
+        await c.wait_for(lambda: bool(c.errors), "Rehome")
+        assert c.errors[0]["kind"] == "Rehome"
+        assert h.replicator.statistics().resyncs == 1
+        h.upstream.execute("UPDATE file SET name = 'after' WHERE id = 'f2'")
+        await h.caught_up()
+        back = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
+        s = await h.connect(back, init_connection(active_clients=["c1"], client_schema=None))
+        await back.wait_for(lambda: back.pokes >= 1, "catch-up")
+        await h.synced()
+        assert back.view.rows == h.expected([q])
+        assert not back.errors and not back.broken
+        await s.close()
