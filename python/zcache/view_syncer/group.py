@@ -5,10 +5,13 @@ TTL eviction) runs under the group's lock and ends in one *commit*:
 
 1. the change's records get the new CVR version — `CVRVersion.next(state)`, where `state` is
    the replica version the change reflects (row changes) or the group's own (config changes);
-2. the change is flushed to the CVR store (one transaction, possibly shared with other groups);
-3. only then is the poke sent, the same encoded messages to every connection of the group.
+2. the poke's `pokeStart` and `pokePart`s go out (the same encoded messages to every connection
+   of the group), so that sending them overlaps the flush;
+3. the change is flushed to the CVR store (one transaction, possibly shared with other groups);
+4. only then is `pokeEnd` sent — or, if the flush failed, `pokeEnd` with `cancel` (the client
+   discards the poke) before the connection's error.
 
-So a cookie a client holds is always durable: a client reconnecting with it, to this process
+A client applies a poke at its `pokeEnd`, so a cookie it holds is always durable: a client reconnecting with it, to this process
 or after a restart, gets exactly the changes recorded after it (rows with a later
 `patchVersion` from the store, with their current values from the replica; desires and got
 queries from memory). A change with nothing a client sees (an internal query, the TTL clock) is
@@ -164,11 +167,12 @@ class GroupChange:
 
 @dataclass
 class Prepared:
-    """A change with its version: the flush to write, then the messages to send."""
+    """A change with its version: the flush to write and the messages to send around it."""
 
     flush: CVRFlush
     version: CVRVersion
-    messages: list[str]
+    head: list[str]  # before the flush: transform errors, pokeStart, pokeParts
+    end: str | None  # after it: pokeEnd (None: nothing visible)
     state_version: str | None  # the replica version the change reflects
 
 
@@ -312,12 +316,18 @@ class ClientGroup:
             desires=[self.desires[k] for k in sorted(change.desires)],
             rows=rows,
         )
-        messages: list[str] = []
+        head: list[str] = []
         if change.transform_errors:
-            messages.append(encode(["transformError", change.transform_errors]))
+            head.append(encode(["transformError", change.transform_errors]))
+        end = None
         if visible:
-            messages.extend(poke_messages(old.cookie, new.cookie, content))
-        return Prepared(flush, new, messages, change.state_version)
+            *poke, end = poke_messages(old.cookie, new.cookie, content)
+            head.extend(poke)
+        return Prepared(flush, new, head, end, change.state_version)
+
+    def send_head(self, prepared: Prepared) -> None:
+        if prepared.head:
+            self.deliver(prepared.head)
 
     def mark_advanced(self, state_version: str | None) -> None:
         """The group's clients have been sent everything up to this replica version."""
@@ -326,24 +336,32 @@ class ClientGroup:
             self._svc.group_advanced()
 
     def finish(self, prepared: Prepared, *, rejected: bool) -> None:
-        """After the flush: send the poke, or give the group up if another process has it."""
+        """After the flush: end the poke, or give the group up if another process has it."""
         if rejected:
+            self.cancel_poke(prepared)
             self.fail_all("Rehome", "The client group's CVR was taken over by another zcache", maxBackoffMs=0)
             return
         self.version = prepared.version
         self.stored_version = prepared.version
         self.purged = False
-        if prepared.messages:
-            self.deliver(prepared.messages)
+        if prepared.end is not None:
+            self.deliver([prepared.end])
         self.mark_advanced(prepared.state_version)
+
+    def cancel_poke(self, prepared: Prepared) -> None:
+        """The flush failed: clients discard the poke they were sent the start of."""
+        if prepared.end is not None:
+            self.deliver([encode(["pokeEnd", {"pokeID": prepared.version.cookie, "cookie": "", "cancel": True}])])
 
     async def commit(self, change: GroupChange, *, force: bool = False) -> None:
         prepared = self.prepare(change, force=force)
         if prepared is None:
             return
+        self.send_head(prepared)
         try:
             rejected = await self._svc.store.flush([prepared.flush])
         except CVRStoreUnavailable as e:
+            self.cancel_poke(prepared)
             self.store_failed(e)
             raise
         self.finish(prepared, rejected=bool(rejected))

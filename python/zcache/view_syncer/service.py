@@ -314,10 +314,13 @@ class ViewSyncerService:
                 prepared.append((g, p))
         if not prepared:
             return
+        for g, p in prepared:
+            g.send_head(p)
         try:
             rejected = await self.store.flush([p.flush for _, p in prepared])
         except CVRStoreUnavailable as e:
-            for g, _ in prepared:
+            for g, p in prepared:
+                g.cancel_poke(p)
                 g.store_failed(e)
             return
         for g, p in prepared:
