@@ -98,6 +98,7 @@ class BenchClient:
         self.cookie: str | None = None
         self.hash = query_hash
         self.got_at: float | None = None
+        self._got_pending = False
         self.pokes: list[float] = []
         self.got = trio.Event()
         self.poked = trio.Event()
@@ -109,13 +110,18 @@ class BenchClient:
     async def send_many(self, messages: Any) -> None:
         now = time.perf_counter()
         for m in messages:
-            if isinstance(m, str) and m.startswith('["pokeEnd"'):
+            if not isinstance(m, str):
+                continue
+            if m.startswith('["pokeEnd"'):
+                # A poke counts when the client would apply it: at its end.
                 self.pokes.append(now)
                 self.poked.set()
                 self.poked = trio.Event()
-            elif self.got_at is None and isinstance(m, str) and '"gotQueriesPatch"' in m and self.hash in m:
-                self.got_at = now
-                self.got.set()
+                if self._got_pending and self.got_at is None:
+                    self.got_at = now
+                    self.got.set()
+            elif '"gotQueriesPatch"' in m and self.hash in m:
+                self._got_pending = True
 
     async def fail(self, kind: str, message: str, **extra: Any) -> None:
         self.errors.append((kind, message))

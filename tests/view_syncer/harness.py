@@ -205,6 +205,7 @@ class FakeClient:
             assert view.cookie == base_cookie
         self.pokes = 0
         self.broken: list[str] = []  # poke rules the server broke
+        self.cancelled = 0  # pokes the server cancelled
         self._open: dict[str, Any] | None = None
         self._parts: list[dict[str, Any]] = []
         self._changed = trio.Event()
@@ -259,6 +260,10 @@ class FakeClient:
         elif kind == "pokeEnd":
             if self._open is None or body["pokeID"] != self._open["pokeID"]:
                 raise PokeRuleBroken(f"pokeEnd outside its poke: {body}")
+            if body.get("cancel"):
+                self._open = None
+                self.cancelled += 1
+                return
             cookie = body["cookie"]
             base = self._open["baseCookie"]
             if base is not None and cookie < base:

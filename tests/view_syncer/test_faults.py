@@ -80,7 +80,9 @@ async def test_cvr_database_unavailable_for_a_while(pg_dsn: str, cvr_db: str, pg
         await c.wait_for(lambda: bool(c.errors), "an error")
         assert c.errors[0]["kind"] == "ServerOverloaded"
         assert "CVR database is unavailable" in c.errors[0]["message"]
-        assert c.view.table("file")[("f1",)]["name"] == "alpha"  # nothing half-applied
+        # The poke's start went out before its flush failed: it was cancelled, nothing applied.
+        assert c.cancelled == 1
+        assert c.view.table("file")[("f1",)]["name"] == "alpha"
         # Connecting meanwhile fails the same way; the service keeps running.
         d = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
         await h.connect(d, init_connection(active_clients=["c1"], client_schema=None))
@@ -138,3 +140,94 @@ async def test_killed_while_poking_then_restarted(pg_dsn: str, tmp_path: Path) -
             group = [queries[j % 2] for j, x in enumerate(clients) if x.params.client_group_id == r.params.client_group_id]
             assert r.view.rows == h.expected(group), r.params.client_id
             assert not r.broken and not r.errors
+
+
+class StalledClient(FakeClient):
+    """A client that stops reading after its first poke (its socket's buffers are full)."""
+
+    async def send_many(self, messages: object) -> None:
+        if self.pokes:
+            await trio.sleep_forever()
+        await super().send_many(messages)
+
+
+async def test_a_stalled_client_is_dropped_and_holds_nobody_up(pg_dsn: str, tmp_path: Path) -> None:
+    async with running(pg_dsn, tmp_path) as h:
+        service = await h.start_service()
+        q1, q2 = files_of("u1"), files_of("u2")
+        stalled = StalledClient("cs", "g-stalled")
+        await h.connect(stalled, init_connection(q1.put(300_000), active_clients=["cs"]))
+        healthy = FakeClient("ch", "g-healthy")
+        sh = await h.connect(healthy, init_connection(q2.put(300_000), active_clients=["ch"]))
+        await healthy.wait_for(lambda: q2.hash in healthy.view.got, "hydration")
+        with trio.fail_after(20):
+            while not service.groups["g-stalled"].connections:
+                await trio.sleep(0.01)
+        # More pokes than a connection may have queued (one per synced write), each for both groups.
+        from zcache.view_syncer.group import CONNECTION_QUEUE
+
+        for i in range(CONNECTION_QUEUE + 8):
+            h.upstream.execute("UPDATE file SET name = %s WHERE id IN ('f1', 'f3')", [f"n{i}"])
+            await h.synced()
+        assert healthy.view.rows == h.expected([q2])
+        with trio.fail_after(20):
+            while not stalled.closed:
+                await trio.sleep(0.01)
+        assert "cs" not in service.groups["g-stalled"].connections
+        await sh.close()
+
+
+async def test_groups_are_unloaded_when_their_clients_leave(pg_dsn: str, tmp_path: Path) -> None:
+    async with running(pg_dsn, tmp_path) as h:
+        service = await h.start_service(idle_unload_s=0.5)
+        q = files_with_owner("u1")
+        sessions = []
+        for i in range(5):
+            c = FakeClient(f"c{i}", f"g{i}")
+            sessions.append(await h.connect(c, init_connection(q.put(300_000), active_clients=[f"c{i}"])))
+            await c.wait_for(lambda c=c: q.hash in c.view.got, "hydration")
+        stats = dict(await trio.to_thread.run_sync(service._engine.statistics))  # type: ignore[union-attr]
+        assert stats["groups"] == 5 and stats["group_rows"] > 0
+        for s in sessions:
+            await s.close()
+        with trio.fail_after(10):
+            while service.groups:
+                await trio.sleep(0.1)
+        # The engine forgets them at its next call.
+        await service.advance_all()
+        await service.refresh_replica_tables()
+        stats = dict(await trio.to_thread.run_sync(service._engine.statistics))  # type: ignore[union-attr]
+        assert stats["groups"] == 0 and stats["group_rows"] == 0
+        # A returning client is served from the CVR.
+        back = FakeClient("c0", "g0", base_cookie=sessions[0].client.view.cookie, view=sessions[0].client.view)
+        sb = await h.connect(back, init_connection(active_clients=["c0"], client_schema=None))
+        await back.wait_for(lambda: back.pokes >= 1, "catch-up")
+        assert back.view.rows == h.expected([q])
+        await sb.close()
+
+
+async def test_replica_rebuilt_clients_rehome_and_converge(pg_dsn: str, tmp_path: Path) -> None:
+    """A change the stream cannot express (a column's type) makes the replicator build a new
+    replica: the view syncer reopens the engine, clients are sent Rehome and come back from
+    their cookies."""
+    async with running(pg_dsn, tmp_path) as h:
+        await h.start_service()
+        q = files_with_owner("u1")
+        c = FakeClient("c1", "g1")
+        await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
+        await c.wait_for(lambda: q.hash in c.view.got, "hydration")
+        with h.upstream.transaction():
+            h.upstream.execute("UPDATE file SET name = 'during' WHERE id = 'f1'")
+            h.upstream.execute('ALTER TABLE "user" ALTER COLUMN name TYPE varchar(200)')
+        await c.wait_for(lambda: bool(c.errors), "Rehome")
+        assert c.errors[0]["kind"] == "Rehome"
+        assert h.replicator.statistics().resyncs == 1
+        h.upstream.execute("UPDATE file SET name = 'after' WHERE id = 'f2'")
+        await h.caught_up()
+        back = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
+        s = await h.connect(back, init_connection(active_clients=["c1"], client_schema=None))
+        await back.wait_for(lambda: back.pokes >= 1, "catch-up")
+        await h.synced()
+        assert back.view.rows == h.expected([q])
+        assert not back.errors and not back.broken
+        await s.close()

@@ -29,8 +29,8 @@ def named(hash_: str, name: str, args: list[Any]) -> QueryPut:
 
 
 @asynccontextmanager
-async def with_transformer(pg_dsn: str, tmp_path: Path, app: AppServer) -> AsyncIterator[Harness]:
-    async with running(pg_dsn, tmp_path, ZERO_QUERY_URL=app.query_url) as h:
+async def with_transformer(pg_dsn: str, tmp_path: Path, app: AppServer, **env: str) -> AsyncIterator[Harness]:
+    async with running(pg_dsn, tmp_path, ZERO_QUERY_URL=app.query_url, **env) as h:
         http = HttpClient()
         try:
             api = ApiServer(h.config.query, http=http, app_id="zero", shard_num=0, kind="query")
@@ -92,3 +92,23 @@ async def test_validated_user_must_match(pg_dsn: str, tmp_path: Path, shared_app
         await c.wait_for(lambda: bool(c.errors), "an error")
         assert c.errors[0] == {"kind": "Unauthorized", "message": "Connection userID does not match validated server userID."}
         assert not c.messages
+
+
+async def test_connections_are_revalidated(pg_dsn: str, tmp_path: Path, shared_app_server: AppServer) -> None:
+    app = shared_app_server
+    async with with_transformer(pg_dsn, tmp_path, app, ZERO_AUTH_REVALIDATE_INTERVAL_SECONDS="0.3") as h:
+        c = FakeClient("c1", "g1", user_id="u1", token="user:u1:reval")
+        s = await h.connect(c, init_connection(active_clients=["c1"]))
+        await c.wait_for(lambda: c.pokes >= 1, "the first poke")
+
+        def validations() -> int:
+            return sum(1 for r in transforms(app) if r["body"] == ["transform", []] and r["headers"].get("authorization") == "Bearer user:u1:reval")
+
+        with trio.fail_after(10):
+            while validations() < 3:
+                await trio.sleep(0.05)
+        # The app now says the token belongs to someone else: the connection is refused.
+        await c.set_auth(AuthData(token="user:u2", user_id="u1", claims=None))
+        await c.wait_for(lambda: bool(c.errors), "Unauthorized")
+        assert c.errors[0]["message"] == "Connection userID does not match validated server userID."
+        await s.close()

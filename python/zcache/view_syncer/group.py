@@ -5,10 +5,13 @@ TTL eviction) runs under the group's lock and ends in one *commit*:
 
 1. the change's records get the new CVR version — `CVRVersion.next(state)`, where `state` is
    the replica version the change reflects (row changes) or the group's own (config changes);
-2. the change is flushed to the CVR store (one transaction, possibly shared with other groups);
-3. only then is the poke sent, the same encoded messages to every connection of the group.
+2. the poke's `pokeStart` and `pokePart`s go out (the same encoded messages to every connection
+   of the group), so that sending them overlaps the flush;
+3. the change is flushed to the CVR store (one transaction, possibly shared with other groups);
+4. only then is `pokeEnd` sent — or, if the flush failed, `pokeEnd` with `cancel` (the client
+   discards the poke) before the connection's error.
 
-So a cookie a client holds is always durable: a client reconnecting with it, to this process
+A client applies a poke at its `pokeEnd`, so a cookie it holds is always durable: a client reconnecting with it, to this process
 or after a restart, gets exactly the changes recorded after it (rows with a later
 `patchVersion` from the store, with their current values from the replica; desires and got
 queries from memory). A change with nothing a client sees (an internal query, the TTL clock) is
@@ -164,11 +167,12 @@ class GroupChange:
 
 @dataclass
 class Prepared:
-    """A change with its version: the flush to write, then the messages to send."""
+    """A change with its version: the flush to write and the messages to send around it."""
 
     flush: CVRFlush
     version: CVRVersion
-    messages: list[str]
+    head: list[str]  # before the flush: transform errors, pokeStart, pokeParts
+    end: str | None  # after it: pokeEnd (None: nothing visible)
     state_version: str | None  # the replica version the change reflects
 
 
@@ -312,12 +316,18 @@ class ClientGroup:
             desires=[self.desires[k] for k in sorted(change.desires)],
             rows=rows,
         )
-        messages: list[str] = []
+        head: list[str] = []
         if change.transform_errors:
-            messages.append(encode(["transformError", change.transform_errors]))
+            head.append(encode(["transformError", change.transform_errors]))
+        end = None
         if visible:
-            messages.extend(poke_messages(old.cookie, new.cookie, content))
-        return Prepared(flush, new, messages, change.state_version)
+            *poke, end = poke_messages(old.cookie, new.cookie, content)
+            head.extend(poke)
+        return Prepared(flush, new, head, end, change.state_version)
+
+    def send_head(self, prepared: Prepared) -> None:
+        if prepared.head:
+            self.deliver(prepared.head)
 
     def mark_advanced(self, state_version: str | None) -> None:
         """The group's clients have been sent everything up to this replica version."""
@@ -326,24 +336,32 @@ class ClientGroup:
             self._svc.group_advanced()
 
     def finish(self, prepared: Prepared, *, rejected: bool) -> None:
-        """After the flush: send the poke, or give the group up if another process has it."""
+        """After the flush: end the poke, or give the group up if another process has it."""
         if rejected:
+            self.cancel_poke(prepared)
             self.fail_all("Rehome", "The client group's CVR was taken over by another zcache", maxBackoffMs=0)
             return
         self.version = prepared.version
         self.stored_version = prepared.version
         self.purged = False
-        if prepared.messages:
-            self.deliver(prepared.messages)
+        if prepared.end is not None:
+            self.deliver([prepared.end])
         self.mark_advanced(prepared.state_version)
+
+    def cancel_poke(self, prepared: Prepared) -> None:
+        """The flush failed: clients discard the poke they were sent the start of."""
+        if prepared.end is not None:
+            self.deliver([encode(["pokeEnd", {"pokeID": prepared.version.cookie, "cookie": "", "cancel": True}])])
 
     async def commit(self, change: GroupChange, *, force: bool = False) -> None:
         prepared = self.prepare(change, force=force)
         if prepared is None:
             return
+        self.send_head(prepared)
         try:
             rejected = await self._svc.store.flush([prepared.flush])
         except CVRStoreUnavailable as e:
+            self.cancel_poke(prepared)
             self.store_failed(e)
             raise
         self.finish(prepared, rejected=bool(rejected))
@@ -400,26 +418,12 @@ class ClientGroup:
     async def connect(self, handle: Connection) -> list[str]:
         """Loads (if needed), checks and registers the connection; sends its first poke.
         Returns the `deleted.clientIDs` that the caller acknowledges."""
-        conn, init = handle.conn, handle.init
-        params = conn.params
+        params = handle.conn.params
         try:
             base = None if params.base_cookie is None else CVRVersion.parse(params.base_cookie)
         except ValueError as e:
             raise ConnectRefused("InvalidConnectionRequestBaseCookie", str(e)) from None
-        if self._svc.transformer is not None:
-            try:
-                validation = await self._svc.transformer.validate_connection(
-                    auth_token=conn.auth.token,
-                    user_url=init.user_query_url,
-                    client_headers=init.user_query_headers,
-                    request_headers=conn.request_headers,
-                    cookie=conn.cookie,
-                    origin=conn.origin,
-                )
-            except TransformFailed as e:
-                raise ConnectRefused(e.body["kind"], e.body.get("message", ""), **_extra(e.body)) from None
-            if validation is not None and validation.user_id != params.user_id:
-                raise ConnectRefused("Unauthorized", "Connection userID does not match validated server userID.")
+        await self.validate(handle)
         async with self.locked():
             if not self.loaded:
                 snapshot = await self._svc.store.load(self.id, granted_at_ms=now_ms())
@@ -449,6 +453,26 @@ class ClientGroup:
             self.connections[handle.client_id] = handle
             self.idle_since = None
         return deleted
+
+    async def validate(self, handle: Connection) -> None:
+        """The query URL's word on the connection's user (`["transform",[]]`), if there is one."""
+        transformer = self._svc.transformer
+        if transformer is None:
+            return
+        conn, init = handle.conn, handle.init
+        try:
+            validation = await transformer.validate_connection(
+                auth_token=conn.auth.token,
+                user_url=init.user_query_url,
+                client_headers=init.user_query_headers,
+                request_headers=conn.request_headers,
+                cookie=conn.cookie,
+                origin=conn.origin,
+            )
+        except TransformFailed as e:
+            raise ConnectRefused(e.body["kind"], e.body.get("message", ""), **_extra(e.body)) from None
+        if validation is not None and validation.user_id != conn.params.user_id:
+            raise ConnectRefused("Unauthorized", "Connection userID does not match validated server userID.")
 
     def _adopt(self, snapshot: CVRSnapshot) -> None:
         self._reset_state()

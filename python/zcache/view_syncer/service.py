@@ -14,8 +14,9 @@
   version reaches every group, and a busy group never holds up the others. Batches start at a
   rotating offset, so no group is always last;
 * a ticker for TTL evictions (on each group's TTL clock) and idle groups, the periodic
-  re-transform of named queries (`ZERO_AUTH_RETRANSFORM_INTERVAL_SECONDS`), and CVR garbage
-  collection (`ZERO_CVR_GARBAGE_COLLECTION_*`).
+  re-transform of named queries (`ZERO_AUTH_RETRANSFORM_INTERVAL_SECONDS`) and re-validation
+  of connections (`ZERO_AUTH_REVALIDATE_INTERVAL_SECONDS`) through the query URL, and CVR
+  garbage collection (`ZERO_CVR_GARBAGE_COLLECTION_*`).
 
 Engine calls run in worker threads (the engine releases the GIL) one at a time, in the order
 they were asked for (a CapacityLimiter of 1 is FIFO): queueing happens in Trio, fairly.
@@ -232,6 +233,7 @@ class ViewSyncerService:
                 nursery.start_soon(self._advance_loop)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._retransform_loop)
+                nursery.start_soon(self._revalidate_loop)
                 nursery.start_soon(self._gc_loop)
                 self._ready.set()
                 task_status.started(self)
@@ -312,10 +314,13 @@ class ViewSyncerService:
                 prepared.append((g, p))
         if not prepared:
             return
+        for g, p in prepared:
+            g.send_head(p)
         try:
             rejected = await self.store.flush([p.flush for _, p in prepared])
         except CVRStoreUnavailable as e:
-            for g, _ in prepared:
+            for g, p in prepared:
+                g.cancel_poke(p)
                 g.store_failed(e)
             return
         for g, p in prepared:
@@ -377,6 +382,25 @@ class ViewSyncerService:
                     handles = list(g.connections.values())
                     if g.loaded and handles and any(q.name is not None for q in g.queries.values()):
                         nursery.start_soon(self._retransform, g, handles[0], self._retransforms)
+
+    async def _revalidate_loop(self) -> None:
+        """Every connection's user is confirmed again with the query URL's empty transform."""
+        interval = self.config.auth.revalidate_interval_seconds
+        if self.transformer is None or interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            async with trio.open_nursery() as nursery:
+                for g in list(self.groups.values()):
+                    for handle in list(g.connections.values()):
+                        nursery.start_soon(self._revalidate, g, handle)
+
+    async def _revalidate(self, group: ClientGroup, handle: Connection) -> None:
+        async with self._retransforms:
+            try:
+                await group.validate(handle)
+            except ConnectRefused as e:
+                handle.offer(Failure(e.kind, e.message, e.extra))
 
     async def _retransform(self, group: ClientGroup, handle: Connection, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
