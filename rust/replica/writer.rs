@@ -630,12 +630,18 @@ fn record_change(conn: &Connection, tx: &mut OpenTransaction, table: &str, row_k
     Ok(())
 }
 
+/// The writer's page cache, in KiB. A batch of many small transactions touches pages all over the
+/// tables and the change log; with SQLite's default 2 MiB those pages spill to the WAL (and are
+/// read back) several times within one SQLite transaction, which made such batches 2–3× slower.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+
 /// Opens the replica for writing: WAL (readers never block the writer), every commit durable.
 pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;",
-    )?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; \
+         PRAGMA cache_size = -{WRITER_CACHE_KIB};"
+    ))?;
     conn.set_prepared_statement_cache_capacity(512);
     let exists: Option<i64> = conn
         .query_row(r#"SELECT 1 FROM sqlite_master WHERE name = '_zcache_replication_state'"#, [], |r| r.get(0))

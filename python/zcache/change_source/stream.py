@@ -123,17 +123,19 @@ class ReplicationStream:
         `timeout_s` for the first one). Stops early at `max_frames` frames or `max_bytes` bytes,
         and after a keepalive that wants a reply (`wants_reply`)."""
         pg = self._pg
+        get_copy_data = pg.get_copy_data
         frames: list[bytes] = []
+        append = frames.append
         size = 0
         read_since_frame = False  # the socket was read since the last complete frame
         while len(frames) < max_frames and size < max_bytes:
-            n, buffer = pg.get_copy_data(1)
+            n, buffer = get_copy_data(1)
             if n > 0:
                 frame = bytes(buffer)
-                frames.append(frame)
+                append(frame)
                 size += n
                 read_since_frame = False
-                if wants_reply(frame):
+                if n == _KEEPALIVE_LENGTH and wants_reply(frame):
                     break
                 continue
             if n < 0:

@@ -49,7 +49,10 @@ log = logging.getLogger("zcache.replicator")
 # The backlog of received frames (and so a batch) is capped: memory stays bounded and one batch is
 # applied in well under a second.
 MAX_BATCH_FRAMES = 20_000
-MAX_BATCH_BYTES = 16 * 1024 * 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+# While a batch is being applied, the receiver reads the socket at most this often: the walsender
+# sends a few frames at a time, and waking for each few costs more than reading them.
+RECEIVE_PAUSE_S = 0.005
 # Status updates well inside wal_sender_timeout (60 s by default), and while idle.
 STATUS_INTERVAL_S = 10.0
 IDLE_WAIT_S = 1.0
@@ -118,6 +121,8 @@ class _Backlog:
         self._bytes = 0
         self._arrived = trio.Event()
         self._taken = trio.Event()
+        # The applying task took frames and has not come back for more yet.
+        self.applying = False
 
     def room(self) -> tuple[int, int]:
         """How many more frames, and bytes, the backlog takes."""
@@ -134,9 +139,11 @@ class _Backlog:
 
     async def take(self, timeout_s: float) -> list[bytes]:
         """Every frame in the backlog, waiting up to `timeout_s` for one (else [])."""
+        self.applying = False
         with trio.move_on_after(timeout_s):
             await self._arrived.wait()
         frames, self._frames, self._bytes = self._frames, [], 0
+        self.applying = bool(frames)
         self._arrived = trio.Event()
         self._taken.set()
         self._taken = trio.Event()
@@ -316,6 +323,8 @@ class Replicator:
 
     async def _receive(self, stream: ReplicationStream, backlog: _Backlog) -> None:
         while True:
+            if backlog.applying:
+                await trio.sleep(RECEIVE_PAUSE_S)
             max_frames, max_bytes = backlog.room()
             frames = await stream.read_batch(max_frames=max_frames, max_bytes=max_bytes, timeout_s=math.inf)
             if frames and wants_reply(frames[-1]):
