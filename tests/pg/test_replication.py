@@ -170,6 +170,11 @@ async def test_a_dropped_slot_leads_to_a_fresh_initial_sync(tldraw_db: str, pg_c
     async with running_replicator(tldraw_db, replica) as replicator:
         await wait_caught_up(replicator, pg_conn)
         old_slot = replicator.statistics()
+    # The walsender exits shortly after our Terminate message, not with it: wait until the slot is
+    # released before dropping it (a busy machine can take a while).
+    with trio.fail_after(CATCH_UP_TIMEOUT_S):
+        while pg_conn.execute("SELECT count(*) FROM pg_replication_slots WHERE active").fetchone() != (0,):
+            await trio.sleep(0.05)
     pg_conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
     pg_conn.execute("UPDATE file SET name = 'after slot loss' WHERE id = 'f0000001'")
     async with running_replicator(tldraw_db, replica) as replicator:
