@@ -7,7 +7,8 @@ tests/native/test_ivm_support.py).
 
 * hydration of "the files of N owners" (`file where ownerId IN [...]`), N = 100 and 1,000
   (1k and 10k rows: linear?), without and with an index on `file.ownerId` (the replica has
-  primary-key indexes only);
+  primary-key indexes only), against `select_baseline`: SQLite alone running the same
+  `SELECT * … WHERE ownerId IN (…)` through the engine's connection and reading every column;
 * one single-row change (a file renamed) advanced through 1,000 registered tldraw queries
   (`file where ownerId = ?`): 1,000 groups x 1 query, and 1 group with 1,000 queries;
 * the same advance over a 10x smaller replica (is advance independent of table size?).
@@ -143,6 +144,26 @@ def test_hydrate_files_of_owners(benchmark: Any, big: Demo, owners: int) -> None
 @pytest.mark.parametrize("owners", [100, 1_000])
 def test_hydrate_files_of_owners_indexed(benchmark: Any, indexed: Demo, owners: int) -> None:
     hydrate(benchmark, indexed, owners)
+
+
+def select_baseline(benchmark: Any, demo: Demo, owners: int) -> None:
+    """SQLite alone: the hydration's statement, every column of every row read, nothing built."""
+    engine = demo.engine()
+    owners = min(owners, demo.users)
+    ids = [demo_data.user_id(u) for u in range(owners)]
+    sql = f'SELECT * FROM "file" WHERE "ownerId" IN ({", ".join("?" * len(ids))})'
+    rows = benchmark.pedantic(lambda: engine.select_baseline(sql, ids), rounds=10, warmup_rounds=1)
+    assert rows == owners * 10
+
+
+@pytest.mark.parametrize("owners", [1_000])
+def test_select_baseline_files_of_owners(benchmark: Any, big: Demo, owners: int) -> None:
+    select_baseline(benchmark, big, owners)
+
+
+@pytest.mark.parametrize("owners", [1_000])
+def test_select_baseline_files_of_owners_indexed(benchmark: Any, indexed: Demo, owners: int) -> None:
+    select_baseline(benchmark, indexed, owners)
 
 
 def advance(benchmark: Any, demo: Demo, register: Callable[[_native.QueryEngine, int], list[str]], queries: int) -> None:

@@ -127,6 +127,16 @@ class ReplicaWriter:
         """Forget the replication session after a disconnect: roll back an open upstream
         transaction (the next session resends it) and the Relation messages seen."""
 
+    def add_indexes(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[bool]:
+        """Build an index per ``(table, columns)`` (e.g. :meth:`QueryEngine.index_suggestions`)
+        and record it in ``_zcache_indexes``: re-created when the writer opens the replica,
+        dropped before a DDL drops one of its columns, following renames. Per request, whether
+        it was built now (False: it existed, or the primary key serves it). Raises
+        :class:`SchemaError` for an unknown table or column. Call it between batches."""
+
+    def indexes(self) -> list[tuple[str, list[str]]]:
+        """The recorded index requests ``(table, columns)``."""
+
     @property
     def state_version(self) -> str: ...
     @property
@@ -247,12 +257,12 @@ class QueryEngine:
         ``{"version", "replicaVersion", "tables": {"<table>": {"columns": {"<col>": "string" |
         "number" | "boolean" | "json"}, "unsupported": {"<col>": "<upstream type>"},
         "primaryKey": [...]}}}`` (``unsupported``: upstream columns that are not replicated)."""
-    def index_suggestions(self) -> list[str]:
-        """``CREATE INDEX IF NOT EXISTS`` statements that would let the registered queries'
-        statements seek instead of scanning the replica (which has primary-key indexes only):
-        correlation columns of subqueries, parent lookups of EXISTS, root equality/order
-        columns. The engine does not run them; whoever writes the replica must own its
-        indexes (SQLite cannot drop a column an index uses)."""
+    def index_suggestions(self) -> list[tuple[str, list[str]]]:
+        """``(table, columns)`` of the indexes that would let the registered queries'
+        statements seek instead of scanning the replica: correlation columns of subqueries,
+        parent lookups of EXISTS, root equality/order columns. The engine does not build them:
+        :meth:`ReplicaWriter.add_indexes` does (SQLite cannot drop a column an index uses, so
+        the writer owns every index)."""
     def statistics(self) -> dict[str, int]:
         """Sizes (groups, queries, partitions, rows) and cumulative counters (hydrations,
         statements run, rehydrations, ...)."""

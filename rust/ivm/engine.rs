@@ -1643,15 +1643,16 @@ impl QueryEngine {
         Ok(self.query(group, hash)?.error.clone())
     }
 
-    /// `CREATE INDEX` statements that would let the statements of the registered queries seek
+    /// `(table, columns)` of the indexes that would let the statements of the registered queries seek
     /// instead of scanning (see "Indexes" in the module docs): per correlated node, its
     /// correlation columns then its order columns; per `EXISTS` node, the parent's correlation
     /// columns (parent lookups); per root, the columns of top-level `=`/`IN`/`IS` conditions,
     /// then its order columns when it has a limit. Indexes the primary key already provides are
-    /// left out. The engine does not create them: the replica's writer must know about every
-    /// index (SQLite cannot drop a column an index uses).
+    /// left out. The engine does not create them: the replica's writer builds them on request
+    /// (`ReplicaWriter::add_indexes`), since it must know about every index (SQLite cannot drop a
+    /// column an index uses).
     #[must_use]
-    pub fn index_suggestions(&self) -> Vec<String> {
+    pub fn index_suggestions(&self) -> Vec<(String, Vec<String>)> {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
         let mut add = |table: &TableInfo, cols: Vec<usize>| {
             let mut names: Vec<String> = Vec::new();
@@ -1717,19 +1718,7 @@ impl QueryEngine {
             !all.iter()
                 .any(|(t2, c2)| t2 == t && c2.len() > cols.len() && c2.starts_with(cols))
         });
-        out.into_iter()
-            .map(|(table, cols)| {
-                let name = format!("zcache_{}_{}", table, cols.join("_"))
-                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
-                let quoted: Vec<String> = cols.iter().map(|c| crate::replica::layout::quote_ident(c)).collect();
-                format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-                    crate::replica::layout::quote_ident(&name),
-                    crate::replica::layout::quote_ident(&table),
-                    quoted.join(", ")
-                )
-            })
-            .collect()
+        out
     }
 
     #[must_use]

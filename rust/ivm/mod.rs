@@ -99,17 +99,19 @@
 //!
 //! # Indexes
 //!
-//! The replica has primary-key indexes only. Statements that scan: a partition of a
+//! Without more, the replica has primary-key indexes only. Statements that scan: a partition of a
 //! `related`/`EXISTS` node correlated on a non-key column (`file.ownerId = ?`, `file_state
 //! .fileId = ?`), parent lookups for `EXISTS` chains on non-key columns, root filters and
 //! orderings on non-key columns (`file where ownerId = ?`, `orderBy updatedAt`). Indexes on
 //! correlation `childField`s (followed by the order columns for limited nodes), on `parentField`s
 //! of `EXISTS` conditions, and on equality/order columns of roots remove those scans;
-//! [`QueryEngine::index_suggestions`] lists the `CREATE INDEX` statements for the registered
+//! [`QueryEngine::index_suggestions`] lists them, as `(table, columns)`, for the registered
 //! queries. The engine does not create them (its connection is `query_only`, and the replica's
 //! writer must own every index: SQLite refuses `ALTER TABLE … DROP COLUMN` on an indexed column,
-//! so the writer would have to drop them first). `bench/micro/test_ivm.py` measures hydration
-//! with and without an index on `file.ownerId`.
+//! so the writer drops them first): the view syncer passes new suggestions to the replicator,
+//! whose writer builds them between batches (`crate::replica::indexes`). SQLite re-prepares the
+//! engine's cached statements on the schema change, so they use an index once it exists.
+//! `bench/micro/test_ivm.py` measures hydration with and without an index on `file.ownerId`.
 //!
 //! # Costs (bench/micro/test_ivm.py, reference data shape, instructions counted by callgrind)
 //!

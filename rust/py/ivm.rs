@@ -128,7 +128,7 @@ impl QueryEngine {
         Ok(PyBytes::new(py, &tables))
     }
 
-    fn index_suggestions(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+    fn index_suggestions(&self, py: Python<'_>) -> PyResult<Vec<(String, Vec<String>)>> {
         self.with(py, |e| Ok(e.index_suggestions()))
     }
 

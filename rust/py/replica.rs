@@ -88,6 +88,14 @@ impl ReplicaWriter {
         Ok(outcome.into())
     }
 
+    fn add_indexes(&self, py: Python<'_>, requests: Vec<(String, Vec<String>)>) -> PyResult<Vec<bool>> {
+        py.detach(|| self.inner.lock().map_err(|_| poisoned())?.add_indexes(&requests).map_err(PyErr::from))
+    }
+
+    fn indexes(&self, py: Python<'_>) -> PyResult<Vec<(String, Vec<String>)>> {
+        py.detach(|| self.inner.lock().map_err(|_| poisoned())?.indexes().map_err(PyErr::from))
+    }
+
     fn reset_session(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.lock().map_err(|_| poisoned())?.reset_session().map_err(PyErr::from))
     }

@@ -6,7 +6,10 @@
 //! * [`writer`]: applies batches of replication frames, one SQLite transaction per upstream
 //!   transaction, with the watermark and change log.
 //! * [`schema_change`]: follows upstream DDL by diffing published schemas.
+//! * [`indexes`]: secondary indexes the writer builds on request, recorded so they survive
+//!   restarts, dropped before DDL that would fail because of them.
 
+pub mod indexes;
 pub mod initial_sync;
 pub mod layout;
 pub mod schema_change;

@@ -19,6 +19,7 @@ use rusqlite::{params, Connection};
 use crate::error::{Error, Result};
 use crate::pg::schema::{ColumnSpec, PublishedSchema, TableSpec};
 use crate::pg::values::{from_json, SqlValue, ValueKind};
+use crate::replica::indexes;
 use crate::replica::layout::{self, quote_ident, VERSION_COLUMN};
 use crate::replica::table::ReplicaTable;
 
@@ -89,6 +90,7 @@ pub(crate) fn apply_schema_change(
             layout::drop_primary_key(conn, &old.name)?;
             conn.execute_batch(&format!("DROP TABLE {}", quote_ident(&old.name)))?;
             conn.execute(r#"DELETE FROM "_zcache_tables" WHERE "oid" = ?1"#, params![oid])?;
+            indexes::forget_table(conn, &old.name)?;
             conn.execute(r#"DELETE FROM "_zcache_changes" WHERE "table" = ?1"#, params![old.name])?;
             change.changed_oids.push(*oid);
             change.reset_tables.push(old.name.clone());
@@ -117,6 +119,7 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
     if renamed {
         conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote_ident(&old.name), quote_ident(&new_name)))?;
         conn.execute(r#"UPDATE "_zcache_changes" SET "table" = ?1 WHERE "table" = ?2"#, params![new_name, old.name])?;
+        indexes::renamed(conn, &old.name, &new_name, &HashMap::new())?;
     }
     let old_by_attnum: HashMap<i16, &ColumnSpec> = old.spec.columns.iter().map(|c| (c.attnum, c)).collect();
     let new_by_attnum: HashMap<i16, &ColumnSpec> = new.columns.iter().map(|c| (c.attnum, c)).collect();
@@ -128,6 +131,7 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
                 });
             }
             if ValueKind::for_column(column).is_supported() {
+                indexes::drop_for_columns(conn, &new_name, &[column.name.as_str()])?;
                 conn.execute_batch(&format!(
                     "ALTER TABLE {} DROP COLUMN {}",
                     quote_ident(&new_name),
@@ -156,6 +160,8 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
                         quote_ident(&previous.name),
                         quote_ident(&column.name)
                     ))?;
+                    let renames = HashMap::from([(previous.name.clone(), column.name.clone())]);
+                    indexes::renamed(conn, &new_name, &new_name, &renames)?;
                 }
             }
             None => add_column(conn, &new_name, column, version)?,

@@ -132,7 +132,36 @@ impl ReplicaWriter {
             row_key: String::new(),
         };
         writer.reload()?;
+        crate::replica::indexes::restore(&writer.conn, &writer.tables)?;
         Ok(writer)
+    }
+
+    /// Builds (and records, see `replica::indexes`) an index per `(table, columns)`; per request,
+    /// whether it was built now (false: it existed, or the primary key serves it). Inside the
+    /// open SQLite transaction if an upstream transaction spans batches, else in its own.
+    pub fn add_indexes(&mut self, requests: &[(String, Vec<String>)]) -> Result<Vec<bool>> {
+        let own = !self.sqlite_open;
+        if own {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        let result = requests
+            .iter()
+            .map(|(table, columns)| {
+                let t = self.tables.values().find(|t| &t.name == table).ok_or_else(|| Error::Schema {
+                    detail: format!("the replica has no table {table:?} to index"),
+                })?;
+                crate::replica::indexes::add(&self.conn, t, columns)
+            })
+            .collect::<Result<Vec<bool>>>();
+        if own {
+            self.conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+        }
+        result
+    }
+
+    /// The recorded index requests (to carry them into a new replica after a resync).
+    pub fn indexes(&self) -> Result<Vec<(String, Vec<String>)>> {
+        crate::replica::indexes::recorded(&self.conn)
     }
 
     #[must_use]

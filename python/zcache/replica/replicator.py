@@ -56,6 +56,8 @@ RECEIVE_PAUSE_S = 0.005
 # Status updates well inside wal_sender_timeout (60 s by default), and while idle.
 STATUS_INTERVAL_S = 10.0
 IDLE_WAIT_S = 1.0
+# Secondary indexes the view syncer may ask the writer for (QueryEngine.index_suggestions).
+MAX_INDEXES = 64
 RECONNECT_MIN_S = 0.25
 RECONNECT_MAX_S = 30.0
 
@@ -175,6 +177,30 @@ class Replicator:
         self._rows = 0
         self._reconnects = 0
         self._resyncs = 0
+        # Index requests (table, columns): all that were made (carried into a resynced replica)
+        # and those the writer has yet to build, between two batches.
+        self._indexes: list[tuple[str, list[str]]] = []
+        self._pending_indexes: list[tuple[str, list[str]]] = []
+
+    def request_indexes(self, requests: list[tuple[str, list[str]]]) -> None:
+        """Asks the writer to build these indexes between two batches (deduplicated, at most
+        MAX_INDEXES in all); they are recorded in the replica and survive restarts and resyncs."""
+        for table, columns in requests:
+            request = (table, list(columns))
+            if request not in self._indexes and len(self._indexes) < MAX_INDEXES:
+                self._indexes.append(request)
+                self._pending_indexes.append(request)
+
+    async def _build_indexes(self, writer: _native.ReplicaWriter) -> None:
+        pending, self._pending_indexes = self._pending_indexes, []
+        for request in pending:
+            try:
+                (built,) = await trio.to_thread.run_sync(writer.add_indexes, [request])
+            except _native.SchemaError as e:
+                log.warning("index on %s %s not built: %s", request[0], request[1], e)
+                continue
+            if built:
+                log.info("built an index on %s %s", request[0], request[1])
 
     def statistics(self) -> ReplicatorStatistics:
         return ReplicatorStatistics(
@@ -292,6 +318,10 @@ class Replicator:
 
     def _use(self, writer: _native.ReplicaWriter) -> _native.ReplicaWriter:
         self._writer = writer
+        recorded = writer.indexes()
+        # A new replica (resync) lacks the indexes asked for before: build them again.
+        self._pending_indexes = [i for i in self._indexes if i not in recorded]
+        self._indexes += [i for i in recorded if i not in self._indexes]
         self._note_progress(writer)
         return writer
 
@@ -347,6 +377,8 @@ class Replicator:
                 self._note_progress(writer)
                 reply = outcome.reply_requested
                 self._durable_lsn = max(self._durable_lsn, outcome.ack_lsn)
+            if self._pending_indexes:
+                await self._build_indexes(writer)
             if reply or self._durable_lsn > acked or time.monotonic() - last_status >= STATUS_INTERVAL_S:
                 await stream.send_status(self._durable_lsn)
                 acked = self._durable_lsn

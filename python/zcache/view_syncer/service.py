@@ -13,6 +13,8 @@
   is skipped, and a deferred advance queues for its lock (one at a time per group): every
   version reaches every group, and a busy group never holds up the others. Batches start at a
   rotating offset, so no group is always last;
+* the index loop: after queries are added, the engine's index suggestions not asked for yet go
+  to the replicator, whose writer builds them between batches (`ReplicaWriter.add_indexes`);
 * a ticker for TTL evictions (on each group's TTL clock) and idle groups, the periodic
   re-transform of named queries (`ZERO_AUTH_RETRANSFORM_INTERVAL_SECONDS`) and re-validation
   of connections (`ZERO_AUTH_REVALIDATE_INTERVAL_SECONDS`) through the query URL, and CVR
@@ -92,6 +94,7 @@ TICK_S = 0.5
 IDLE_UNLOAD_S = 30.0
 STORE_RETRY_MAX_S = 10.0
 RETRANSFORM_CONCURRENCY = 8
+INDEX_CHECK_DELAY_S = 0.5
 
 
 
@@ -138,6 +141,9 @@ class ViewSyncerService:
         self._retransforms = trio.CapacityLimiter(RETRANSFORM_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
         self._advanced = trio.Event()
+        # Index suggestions already passed to the replicator, and a nudge to look for new ones.
+        self._requested_indexes: set[tuple[str, tuple[str, ...]]] = set()
+        self._index_check = trio.Event()
 
     def ready(self) -> bool:
         return self._ready.is_set()
@@ -172,7 +178,9 @@ class ViewSyncerService:
                     out.append(str(e))
             return out
 
-        return await self._in_engine(call)
+        patches = await self._in_engine(call)
+        self._index_check.set()
+        return patches
 
     async def engine_remove(self, group_id: str, query_hash: str) -> Patch:
         return await self._in_engine(lambda e: _native.read_patch(e.remove_query(group_id, query_hash)))
@@ -235,6 +243,7 @@ class ViewSyncerService:
                 nursery.start_soon(self._retransform_loop)
                 nursery.start_soon(self._revalidate_loop)
                 nursery.start_soon(self._gc_loop)
+                nursery.start_soon(self._index_loop)
                 self._ready.set()
                 task_status.started(self)
         finally:
@@ -341,6 +350,21 @@ class ViewSyncerService:
                     await group.advance_alone()
         except GroupRetired:
             pass
+
+    async def _index_loop(self) -> None:
+        """Passes the engine's index suggestions for newly added queries to the replicator,
+        whose writer builds them between batches (off every client's path); once built, the
+        engine's statements use them (SQLite re-prepares them on the schema change)."""
+        while True:
+            await self._index_check.wait()
+            # Queries usually arrive in bursts (a connection's desired queries): look once.
+            await trio.sleep(INDEX_CHECK_DELAY_S)
+            self._index_check = trio.Event()
+            suggestions = await self._in_engine(lambda e: e.index_suggestions())
+            new = [(t, cols) for t, cols in suggestions if (t, tuple(cols)) not in self._requested_indexes]
+            if new:
+                self._requested_indexes.update((t, tuple(cols)) for t, cols in new)
+                self._replicator.request_indexes(new)
 
     async def _replica_rebuilt(self) -> None:
         log.warning("the replica was rebuilt; every client group reloads")

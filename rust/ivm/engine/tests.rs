@@ -665,8 +665,8 @@ fn index_suggestions_cover_correlations_and_root_filters() {
     assert_eq!(
         e.index_suggestions(),
         [
-            r#"CREATE INDEX IF NOT EXISTS "zcache_file_ownerId_id" ON "file" ("ownerId", "id")"#,
-            r#"CREATE INDEX IF NOT EXISTS "zcache_file_updatedAt_id" ON "file" ("updatedAt", "id")"#,
+            ("file".to_owned(), vec!["ownerId".to_owned(), "id".to_owned()]),
+            ("file".to_owned(), vec!["updatedAt".to_owned(), "id".to_owned()]),
         ]
     );
 }
