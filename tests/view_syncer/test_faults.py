@@ -231,3 +231,51 @@ async def test_replica_rebuilt_clients_rehome_and_converge(pg_dsn: str, tmp_path
         assert back.view.rows == h.expected([q])
         assert not back.errors and not back.broken
         await s.close()
+
+
+async def test_replica_rebuilt_skips_groups_retired_meanwhile(pg_dsn: str, tmp_path: Path) -> None:
+    """While the rebuild waits for a busy group's lock, the ticker retires an idle group: the
+    rebuild skips it and still rehomes the others."""
+    async with running(pg_dsn, tmp_path) as h:
+        service = await h.start_service()
+        q = files_of("u1")
+        busy = FakeClient("cb", "g-busy")
+        await h.connect(busy, init_connection(q.put(300_000), active_clients=["cb"]))
+        await busy.wait_for(lambda: q.hash in busy.view.got, "hydration")
+        idle = FakeClient("ci", "g-idle")
+        si = await h.connect(idle, init_connection(q.put(300_000), active_clients=["ci"]))
+        await idle.wait_for(lambda: q.hash in idle.view.got, "hydration")
+        await si.close()
+        g_busy, g_idle = service.groups["g-busy"], service.groups["g-idle"]
+        with trio.fail_after(10):
+            while g_idle.connections:
+                await trio.sleep(0.01)
+        assert g_busy.try_lock()
+        rebuilt = trio.Event()
+
+        async def rebuild() -> None:
+            await service._replica_rebuilt()
+            rebuilt.set()
+
+        h.nursery.start_soon(rebuild)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        assert not rebuilt.is_set()
+        # What the ticker does to an idle group.
+        assert g_idle.try_lock()
+        g_idle.retire()
+        del service.groups["g-idle"]
+        g_idle.unlock()
+        g_busy.unlock()
+        with trio.fail_after(10):
+            await rebuilt.wait()
+        await busy.wait_for(lambda: bool(busy.errors), "Rehome")
+        assert busy.errors[0]["kind"] == "Rehome"
+        assert not service.groups
+        # A client connecting after the rebuild is served on the new engine.
+        back = FakeClient("cb", "g-busy", base_cookie=busy.view.cookie, view=busy.view)
+        s = await h.connect(back, init_connection(active_clients=["cb"], client_schema=None))
+        await back.wait_for(lambda: back.pokes >= 1, "catch-up")
+        h.upstream.execute("UPDATE file SET name = 'after the rebuild' WHERE id = 'f1'")
+        await h.synced()
+        assert back.view.rows == h.expected([q]) and not back.errors
+        await s.close()

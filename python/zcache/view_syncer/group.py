@@ -214,6 +214,7 @@ class ClientGroup:
         self.errored: set[str] = set()  # named queries whose transform failed
         self.pinned_user: Any = _UNSET
         self.advanced_to = ""  # see mark_advanced
+        self.engine_generation: int | None = None  # the engine the group is loaded on (service)
         self._ttl_base_ms = 0.0
         self._ttl_anchor: float | None = None
         if self.connections:
@@ -428,6 +429,7 @@ class ClientGroup:
             if not self.loaded:
                 snapshot = await self._svc.store.load(self.id, granted_at_ms=now_ms())
                 self._adopt(snapshot)
+                self.engine_generation = self._svc.engine_generation
                 try:
                     self._check(handle, base)
                     await self._hydrate_recorded(handle)

@@ -130,6 +130,7 @@ class ViewSyncerService:
         self._permissions_version: str | None = None  # the row's _0_version
         self._idle_unload_s = idle_unload_s
         self._engine: _native.QueryEngine | None = None
+        self._engine_generation = 0  # bumped for each engine opened (a replica rebuilt)
         self._engine_limiter = trio.CapacityLimiter(1)
         self._forgotten: list[str] = []
         self._resyncs = 0
@@ -161,6 +162,11 @@ class ViewSyncerService:
             return fn(engine)
 
         return await trio.to_thread.run_sync(call, limiter=self._engine_limiter)
+
+    @property
+    def engine_generation(self) -> int:
+        """Which engine is open: a group records it when it loads."""
+        return self._engine_generation
 
     def forget_engine_group(self, group_id: str) -> None:
         """The engine drops the group before its next call."""
@@ -224,6 +230,7 @@ class ViewSyncerService:
     async def _open_engine(self) -> None:
         self._resyncs = self._replicator.statistics().resyncs
         self._engine = await trio.to_thread.run_sync(_native.QueryEngine, self._replica_path)
+        self._engine_generation += 1
         self._forgotten = []
         await self.refresh_replica_tables()
         self._permissions_version = None
@@ -367,13 +374,32 @@ class ViewSyncerService:
                 self._replicator.request_indexes(new)
 
     async def _replica_rebuilt(self) -> None:
+        """Every group loaded over the old replica is told to reload (Rehome) and dropped.
+
+        The new engine is opened first, so that a group loading from then on runs on it and is
+        kept; a group loaded (or loading) on the old one is retired once its lock is free. Groups
+        retired meanwhile (idle ones, by the ticker) are skipped."""
         log.warning("the replica was rebuilt; every client group reloads")
-        for g in list(self.groups.values()):
-            async with g.locked():
-                g.fail_all("Rehome", "The replica was rebuilt; reconnect", maxBackoffMs=0)
-            g.retire()
-        self.groups.clear()
         await self._open_engine()
+        generation = self._engine_generation
+
+        def stale() -> list[ClientGroup]:
+            return [
+                g for g in self.groups.values()
+                if not g.retired and g.engine_generation is not None and g.engine_generation != generation
+            ]
+
+        while groups := stale():
+            for g in groups:
+                try:
+                    async with g.locked():
+                        if g.engine_generation is not None and g.engine_generation != generation:
+                            g.fail_all("Rehome", "The replica was rebuilt; reconnect", maxBackoffMs=0)
+                            g.retire()
+                except GroupRetired:
+                    pass
+                if g.retired and self.groups.get(g.id) is g:
+                    del self.groups[g.id]
 
     async def _ticker(self) -> None:
         """TTL evictions and idle groups."""
