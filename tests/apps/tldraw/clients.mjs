@@ -12,7 +12,7 @@
 //       {"ok", "started": {key: epoch ms}, "complete": {key: epoch ms}, "missing": [key]}
 //   {"op": "changes"}   the `lastPublished` changes seen since the last call (after each
 //       client's first complete result): {"ok", "changes": [[key, rowId, value, seen epoch µs]]}
-//   {"op": "rows", "keys"?}   each client's view: {"ok", "rows": {key: {complete, rows}}}
+//   {"op": "rows", "keys"?}   each client's view: {"ok", "rows": {key: {complete, clientID, clientGroupID, rows}}}
 //   {"op": "close", "keys"?}  close clients (all by default)
 //   {"op": "stats"}     this process's CPU seconds and RSS
 //   {"op": "exit"}
@@ -20,6 +20,9 @@
 import {createInterface} from 'node:readline';
 import {Zero} from '@rocicorp/zero';
 import {schema} from './schema.mjs';
+
+// stdout carries the answers only: Zero's own logging goes to stderr.
+console.log = console.info = console.debug = console.warn = (...args) => console.error(...args);
 
 const legacySchema = {...schema, enableLegacyQueries: true};
 const clients = new Map(); // key -> {z, view, complete, seen: Map(rowId -> lastPublished)}
@@ -72,9 +75,10 @@ function open({url = process.env.ZERO_URL, clients: specs, timeoutMs = 60000}) {
     if (pending === 0) return finish();
     for (const {key, query} of specs) {
       started[key] = nowUs() / 1000;
-      const z = new Zero({cacheURL: url, schema: legacySchema, userID: key, kvStore: 'mem', logLevel: 'error'});
+      const z = new Zero({cacheURL: url, schema: legacySchema, userID: key, kvStore: 'mem', logLevel: process.env.ZERO_CLIENT_LOG_LEVEL ?? 'error'});
       const view = z.materialize(buildQuery(z, query));
-      const state = {z, view, complete: false, seen: new Map()};
+      const state = {z, view, complete: false, seen: new Map(), group: null};
+      z.clientGroupID.then(id => (state.group = id));
       clients.set(key, state);
       view.addListener((data, resultType) => {
         if (resultType === 'complete' && !state.complete) {
@@ -99,7 +103,11 @@ async function close(keys) {
 
 function rows(keys) {
   const chosen = keys ?? [...clients.keys()];
-  return {ok: true, rows: Object.fromEntries(chosen.map(k => [k, {complete: clients.get(k).complete, rows: clients.get(k).view.data}]))};
+  const view = k => {
+    const c = clients.get(k);
+    return {complete: c.complete, clientID: c.z.clientID, clientGroupID: c.group, rows: c.view.data};
+  };
+  return {ok: true, rows: Object.fromEntries(chosen.map(k => [k, view(k)]))};
 }
 
 function stats() {
