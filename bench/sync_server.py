@@ -557,6 +557,8 @@ def table(out: dict[str, Any]) -> list[tuple[str, ...]]:
             ours, theirs = both(by_server, lambda r: r["memory_hydrated"]["rss_bytes"] / MB)
             ref_gb = REFERENCE["concurrent_rss_gb"].get(n)
             add(f"  RSS of the server's process tree, {n} hydrated", ours, theirs, "MB", f"{ref_gb} GB" if ref_gb else "", None, digits=0)
+            ours, theirs = both(by_server, lambda r: r["per_client_group_bytes"] / MB)
+            add(f"  RSS per client group (growth in this phase ÷ {n})", ours, theirs, "MB", "~17.5 MB" if n == 500 else "", 1.0, digits=2, target_text="< 1 MB")
             # Growth over the idle server right after its start, ÷ N: an upper bound, since it
             # also holds what earlier phases left behind (zero-cache does not return memory).
             idle = out["memory_idle"]
