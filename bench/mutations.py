@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +39,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.replication import background_cores, wait_for_quiet  # noqa: E402
-from tests.fixtures.app_server import AppServerInstall, install_app_server, load_seed, run_app_server  # noqa: E402
-from tests.fixtures.http_server import free_port  # noqa: E402
+from bench.servers import git_revision, percentile, say, server_commands, start_server, stop_server, wait_for_table  # noqa: E402
+from tests.fixtures.app_server import install_app_server, load_seed, run_app_server  # noqa: E402
 from zcache.app_server.http import HttpClient  # noqa: E402
 from zcache.change_source.upstream import ShardId, setup_shard  # noqa: E402
 from zcache.embedded_pg import EmbeddedPostgres  # noqa: E402
@@ -76,10 +73,6 @@ END $$ LANGUAGE plpgsql;
 CREATE TRIGGER bench_notify_lmid AFTER INSERT OR UPDATE ON zero_0.clients
 FOR EACH ROW EXECUTE FUNCTION bench_notify_lmid();
 """
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def seed_bench_files(dsn: str, clients: int) -> None:
@@ -256,11 +249,6 @@ class Mode:
     driver: Direct | SyncServer
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def measure_latency(modes: list[Mode], confirmations: Confirmations, n: int, warmup: int) -> dict[str, ModeResult]:
     """`n` rounds; each round sends one mutation per mode, one after the other, in a rotating
     order, so drift on the machine hits every mode alike and rounds pair up."""
@@ -316,72 +304,6 @@ async def measure_throughput(mode: Mode, confirmations: Confirmations, clients: 
 # --- setup -------------------------------------------------------------------------------
 
 
-def free_port_pair() -> int:
-    """A free port whose successor is free too (zero-cache also listens on port + 1)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-
-
-def start_server(
-    name: str, command: list[str], upstream: str, cvr: str, change: str, app_url: str, workdir: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts a sync server with zero-cache's environment; returns it once `GET /` answers 200."""
-    port = free_port_pair()
-    env = {
-        **os.environ,
-        "ZERO_UPSTREAM_DB": upstream,
-        "ZERO_CVR_DB": cvr,
-        "ZERO_CHANGE_DB": change,
-        "ZERO_REPLICA_FILE": str(workdir / f"{name}-replica.db"),
-        "ZERO_PORT": str(port),
-        "ZERO_APP_ID": "zero",
-        "ZERO_NUM_SYNC_WORKERS": "1",
-        "ZERO_MUTATE_URL": f"{app_url}/mutate",
-        "ZERO_QUERY_URL": f"{app_url}/query",
-        "ZERO_LOG_LEVEL": "warn",
-        "NODE_ENV": "development",
-    }
-    log_path = workdir / f"{name}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
-                if response.status == 200:
-                    return process, port
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{name} did not become ready within 120 s")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, 15)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.wait()
-
-
-def wait_for_table(dsn: str, table: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while conn.execute("SELECT to_regclass(%s)", [table]).fetchone() == (None,):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{table} did not appear")
-            time.sleep(0.2)
-
-
 def summarize(result: ModeResult, baseline: ModeResult) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for what, samples in (("commit", result.commit_ms), ("poke", result.poke_ms)):
@@ -417,14 +339,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             run_app_server(install, dsn["app_zc"], workdir / "app-zc") as app_zc,
         ):
             say("starting zcache and zero-cache 1.9.0")
-            zero_cli = install.node_modules / "@rocicorp" / "zero" / "out" / "zero" / "src" / "cli.js"
+            commands = server_commands(install)
             started = (
-                ("zcache", [sys.executable, "-m", "zcache"], "app_zcache", "cvr_zcache", "change_zcache", app_zcache.url),
-                ("zero-cache", [str(install.node), str(zero_cli)], "app_zc", "cvr_zc", "change_zc", app_zc.url),
+                ("zcache", "app_zcache", "cvr_zcache", "change_zcache", app_zcache.url),
+                ("zero-cache", "app_zc", "cvr_zc", "change_zc", app_zc.url),
             )
             ports = {}
-            for name, command, upstream, cvr, change, url in started:
-                process, ports[name] = start_server(name, command, dsn[upstream], dsn[cvr], dsn[change], url, workdir)
+            for name, upstream, cvr, change, url in started:
+                app_env = {"ZERO_NUM_SYNC_WORKERS": "1", "ZERO_MUTATE_URL": f"{url}/mutate", "ZERO_QUERY_URL": f"{url}/query"}
+                process, ports[name] = start_server(name, commands[name], dsn[upstream], dsn[cvr], dsn[change], workdir, app_env)
                 servers.append(process)
             for name in ("app_zcache", "app_zc"):
                 wait_for_table(dsn[name], "zero_0.clients")
@@ -459,12 +382,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     summary["ratio_throughput"] = round(results["zcache"].throughput / results["zero-cache"].throughput, 2)
     summary["samples_ms"] = {name: {"commit": r.commit_ms, "poke": r.poke_ms} for name, r in results.items()}
     return summary
-
-
-def git_revision() -> str:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return rev + (" with uncommitted changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
