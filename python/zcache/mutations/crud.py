@@ -25,6 +25,7 @@ kept open between mutations in a small pool of that size.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -48,6 +49,9 @@ MAX_SERIALIZATION_ATTEMPTS = 10
 # the app server may not have committed the client's previous (custom) mutation yet.
 GAP_RETRIES_WITH_CUSTOM = 2
 GAP_RETRY_DELAY_S = 0.1
+# Two writers of the same rows that retry at once conflict again; a jittered, growing pause
+# breaks the lockstep (seen: ten immediate retries in a row all failing under two writers).
+SERIALIZATION_BACKOFF_S = 0.002
 
 CrudStatus = Literal["applied", "denied", "already_processed", "failed"]
 
@@ -166,6 +170,7 @@ class CrudExecutor:
                     retries += 1
                     if retries >= MAX_SERIALIZATION_ATTEMPTS:
                         raise PushError(basic_error("Internal", f"mutation {mutation_id} of {client_id} could not be serialized after {retries} attempts")) from None
+                    time.sleep(random.uniform(0, SERIALIZATION_BACKOFF_S * 2**retries))
                     continue
                 except (psycopg.Error, CrudOpError, WriteRulesError) as e:
                     if conn.broken and attempts == 1:
