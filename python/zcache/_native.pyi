@@ -5,7 +5,7 @@ the core are subclasses of :class:`NativeError`. Integer arguments outside their
 range (e.g. a negative LSN) raise :class:`OverflowError` before the core runs.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __version__: str
 
@@ -280,6 +280,48 @@ def read_patch(patch: bytes) -> tuple[str, list[tuple[str, str, str | None, str]
     (``{"op":"put","tableName":…,"value":{…}}`` or ``{"op":"del","tableName":…,"id":{…}}``).
     Raises :class:`MalformedError` for bytes that are not a patch. The GIL is released while
     parsing."""
+
+class RowChanges:
+    """The row ops of one view-syncer change, held in Rust: merged from engine patches in order
+    (a later op of a row replaces an earlier one, keeping the row's first position), then turned
+    into the poke's row ops and the CVR's row records without a Python object per row. Keys are
+    canonical (as ``read_patch`` writes them)."""
+
+    def __init__(self) -> None: ...
+    @staticmethod
+    def of_records(records: Sequence[tuple[str, str, str | None]]) -> RowChanges:
+        """Row records ``(table, canonical key, row version or None for a delete)`` without client
+        ops (for a CVR flush alone)."""
+    def merge(self, patch: bytes) -> tuple[str, dict[str, str]]:
+        """Merges a ``QueryEngine`` patch's rows (values kept as the engine encoded them);
+        returns its version and ``queryErrors``. Raises :class:`MalformedError`. The GIL is
+        released while parsing."""
+    def absorb(self, other: RowChanges) -> None:
+        """Moves ``other``'s rows in after these (``other`` is left empty)."""
+    def delete(self, table: str, key: str) -> None:
+        """Records the row's deletion (its ``del`` op)."""
+    def diff_recorded(self, recorded: Mapping[tuple[str, str], str]) -> None:
+        """Against what the CVR records (``(table, key)`` → row version): keeps the puts of rows
+        not recorded at that version and the deletes of recorded rows, and adds deletes of the
+        recorded rows these changes do not put."""
+    def records(self) -> list[tuple[str, str, str | None]]:
+        """``(table, key, row version or None)`` per row, in order."""
+    def poke_ops(self, clients_table: str, mutations_table: str) -> tuple[list[str], list[tuple[str, str, bool]]]:
+        """The encoded ``rowsPatch`` ops of every other table's rows, in order; and the rows of
+        the shard's two tables as ``(table, op, deleted)`` (they become ``lastMutationIDChanges``
+        and ``mutationsPatch`` entries)."""
+    def counts(self) -> tuple[int, int]:
+        """``(puts, deletes)``."""
+    def __len__(self) -> int: ...
+    def __bool__(self) -> bool: ...
+
+def cvr_row_arrays(
+    flushes: Sequence[tuple[str, str, RowChanges]],
+) -> tuple[tuple[str, str, str, str, str], tuple[str, str, str, str], int, int]:
+    """The row records of flushes ``(group, patch version, rows)`` as Postgres text-array
+    literals, one per column, each flush's rows sorted by table and key: ``((groups, tables,
+    keys, row versions, patch versions) of the puts, (groups, tables, keys, patch versions) of
+    the deletes, puts, deletes)``."""
 
 def canonical_json(texts: Sequence[str]) -> list[str]:
     """Each JSON text in canonical form (compact, object keys sorted by their UTF-8 bytes): the

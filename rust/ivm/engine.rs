@@ -1927,7 +1927,7 @@ fn _assert_send() {
 }
 
 mod fetch;
-pub use fetch::{canonical_json, read_patch, PatchView, RowOp};
+pub use fetch::{canonical_json, read_patch, PatchView, RecordArrays, RowChanges, RowOp};
 
 #[cfg(test)]
 mod tests;

@@ -152,6 +152,112 @@ fn read_patch(py: Python<'_>, patch: &[u8]) -> PyResult<PatchRows> {
     ))
 }
 
+/// A change's row ops, held in Rust (`ivm::engine::RowChanges`): merged from engine patches, then
+/// turned into the poke's row ops and the CVR's row records without a Python object per row.
+#[pyclass(module = "zcache._native")]
+#[derive(Default)]
+pub struct RowChanges {
+    inner: ivm::engine::RowChanges,
+}
+
+#[pymethods]
+impl RowChanges {
+    #[new]
+    fn new() -> Self {
+        RowChanges::default()
+    }
+
+    /// Row records without client ops (what a CVR flush alone needs).
+    #[staticmethod]
+    fn of_records(records: Vec<(String, String, Option<String>)>) -> Self {
+        let mut out = RowChanges::default();
+        for (table, key, row_version) in records {
+            out.inner.insert(match row_version {
+                None => ivm::engine::RowOp::deleted(&table, &key),
+                Some(v) => ivm::engine::RowOp { table, key, row_version: Some(v), op: String::new() },
+            });
+        }
+        out
+    }
+
+    fn merge(&mut self, py: Python<'_>, patch: &[u8]) -> PyResult<(String, HashMap<String, String>)> {
+        let inner = &mut self.inner;
+        let (version, errors) = py.detach(|| inner.merge(patch))?;
+        Ok((version, errors.into_iter().collect()))
+    }
+
+    fn absorb(&mut self, mut other: PyRefMut<'_, RowChanges>) {
+        self.inner.absorb(&mut other.inner);
+    }
+
+    fn delete(&mut self, table: &str, key: &str) {
+        self.inner.insert(ivm::engine::RowOp::deleted(table, key));
+    }
+
+    fn diff_recorded(&mut self, py: Python<'_>, recorded: HashMap<(String, String), String>) {
+        let inner = &mut self.inner;
+        py.detach(|| inner.diff_recorded(&recorded));
+    }
+
+    fn records(&self) -> Vec<(String, String, Option<String>)> {
+        self.inner.rows().iter().map(|r| (r.table.clone(), r.key.clone(), r.row_version.clone())).collect()
+    }
+
+    fn poke_ops<'py>(
+        &self,
+        py: Python<'py>,
+        clients_table: &str,
+        mutations_table: &str,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let rows = self.inner.rows();
+        let plain = PyList::new(
+            py,
+            rows.iter().filter(|r| r.table != clients_table && r.table != mutations_table).map(|r| r.op.as_str()),
+        )?;
+        let special = PyList::new(
+            py,
+            rows.iter()
+                .filter(|r| r.table == clients_table || r.table == mutations_table)
+                .map(|r| (r.table.as_str(), r.op.as_str(), r.row_version.is_none())),
+        )?;
+        Ok((plain, special))
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let dels = self.inner.rows().iter().filter(|r| r.row_version.is_none()).count();
+        (self.inner.len() - dels, dels)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __bool__(&self) -> bool {
+        !self.inner.is_empty()
+    }
+}
+
+/// The row records of several groups' flushes, `[(group, patch version, rows)]`, as one set of
+/// Postgres array literals: `((groups, tables, keys, row versions, patch versions) of the puts,
+/// (groups, tables, keys, patch versions) of the deletes, puts, deletes)`.
+#[pyfunction]
+fn cvr_row_arrays(
+    py: Python<'_>,
+    flushes: Vec<(String, String, PyRef<'_, RowChanges>)>,
+) -> ([String; 5], [String; 4], usize, usize) {
+    let parts: Vec<(&str, &str, &ivm::engine::RowChanges)> =
+        flushes.iter().map(|(g, v, rows)| (g.as_str(), v.as_str(), &rows.inner)).collect();
+    py.detach(|| {
+        let mut arrays = ivm::engine::RecordArrays::default();
+        for (group, version, rows) in &parts {
+            rows.write_records(group, version, &mut arrays);
+        }
+        let (puts, dels) = (arrays.puts, arrays.dels);
+        let (put, del) = arrays.finish();
+        (put, del, puts, dels)
+    })
+}
+
 #[pyfunction]
 fn canonical_json(py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<String>> {
     let out = py.detach(|| texts.iter().map(|t| ivm::engine::canonical_json(t)).collect::<crate::error::Result<Vec<_>>>())?;
@@ -175,7 +281,9 @@ fn sql_param(value: &Bound<'_, PyAny>) -> PyResult<Val> {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QueryEngine>()?;
+    m.add_class::<RowChanges>()?;
     m.add_function(wrap_pyfunction!(read_patch, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
+    m.add_function(wrap_pyfunction!(cvr_row_arrays, m)?)?;
     Ok(())
 }

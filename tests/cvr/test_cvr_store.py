@@ -19,7 +19,6 @@ from zcache.cvr import (
     DesireRecord,
     InstanceRecord,
     QueryRecord,
-    RowChange,
     cvr_schema,
 )
 from zcache import _native
@@ -91,11 +90,14 @@ async def test_round_trip_and_catchup(pg_dsn: str, pg_conn: psycopg.Connection) 
             QueryRecord("q1", name="filesByOwner", args=[{"ownerId": "u1"}], patch_version=v2, transformation_hash="t1", transformation_version=v2),
             QueryRecord("lmids", client_ast={"table": "zero_0.clients"}, internal=True, patch_version=v2),
         ],
-        rows=[
-            RowChange("file", key(id="f1"), "4abc"),
-            RowChange("file", key(id="f2"), "4abd"),
-            RowChange("file_state", key(userId="u1", fileId="f1"), "4abc"),
-        ],
+        rows=_native.RowChanges.of_records(
+            [
+                ("file", key(id="f1"), "4abc"),
+                ("file", key(id="f2"), "4abd"),
+                ("file_state", key(userId="u1", fileId="f1"), "4abc"),
+            ]
+        ),
+        rows_new=True,  # g1 has no row records yet: inserted without conflict handling
     )
     assert await s.flush([second]) == set()
 
@@ -104,7 +106,7 @@ async def test_round_trip_and_catchup(pg_dsn: str, pg_conn: psycopg.Connection) 
         instance("g1", v3, client_schema=schema, profile_id="p1", replica_version="4abc", ttl_clock_ms=120.0),
         expected_version=v2,
         desires=[DesireRecord("c1", "q1", v3, deleted=True, ttl_ms=0.0, inactivated_at_ms=120.0)],
-        rows=[RowChange("file", key(id="f2"), None), RowChange("file", key(id="f1"), "5aaa")],
+        rows=_native.RowChanges.of_records([("file", key(id="f2"), None), ("file", key(id="f1"), "5aaa")]),
     )
     assert await s.flush([third]) == set()
 
@@ -175,7 +177,7 @@ async def test_garbage_collection(pg_dsn: str, pg_conn: psycopg.Connection) -> N
     fresh = InstanceRecord(group_id="fresh", version=v1, last_active_ms=now_ms())
     await s.flush(
         [
-            CVRFlush(old, None, clients_added=["c"], queries=[QueryRecord("q")], desires=[DesireRecord("c", "q", v1)], rows=[RowChange("file", key(id="x"), "1")]),
+            CVRFlush(old, None, clients_added=["c"], queries=[QueryRecord("q")], desires=[DesireRecord("c", "q", v1)], rows=_native.RowChanges.of_records([("file", key(id="x"), "1")]), rows_new=True),
             CVRFlush(fresh, None, clients_added=["c"]),
         ]
     )

@@ -11,7 +11,6 @@ from zcache.cvr.model import (
     DesireRecord,
     InstanceRecord,
     QueryRecord,
-    RowChange,
 )
 from zcache.cvr.schema import CVRSchemaError, cvr_schema
 from zcache.cvr.store import CVRStore, CVRStoreUnavailable
@@ -28,6 +27,5 @@ __all__ = [
     "DesireRecord",
     "InstanceRecord",
     "QueryRecord",
-    "RowChange",
     "cvr_schema",
 ]

@@ -100,16 +100,6 @@ class CVRSnapshot:
     desires: dict[tuple[str, str], DesireRecord] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RowChange:
-    """A row the group's clients got (`row_version` set) or lost (`row_version` None) at the
-    flush's version."""
-
-    table: str
-    row_key: str  # canonical text (`_native.canonical_json`, as `_native.read_patch` writes keys)
-    row_version: str | None
-
-
 @dataclass
 class CVRFlush:
     """Everything one group changed at `instance.version`, written in one transaction with the
@@ -122,7 +112,11 @@ class CVRFlush:
     clients_removed: list[str] = field(default_factory=list)
     queries: list[QueryRecord] = field(default_factory=list)
     desires: list[DesireRecord] = field(default_factory=list)
-    rows: list[RowChange] = field(default_factory=list)
+    # The rows the group's clients got (with their row version) or lost, at `instance.version`
+    # (canonical keys, as `_native.read_patch` writes them).
+    rows: _native.RowChanges = field(default_factory=_native.RowChanges)
+    # No row record of the group exists yet: the rows are inserted, not upserted.
+    rows_new: bool = False
 
 
 @dataclass(frozen=True)

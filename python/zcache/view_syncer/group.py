@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from zcache import _native
 from zcache.app_server.queries import (
     ErroredQuery,
     NamedQuery,
@@ -54,7 +55,6 @@ from zcache.cvr import (
     DesireRecord,
     InstanceRecord,
     QueryRecord,
-    RowChange,
 )
 from zcache.cvr.store import now_ms
 from zcache.server.protocol import InitConnection, QueryClear, QueryDel, QueryPatchOp, QueryPut
@@ -132,9 +132,9 @@ class Connection:
             return False
 
 
-# A patch as `_native.read_patch` reads it: (replica version, [(table, canonical key, row version
-# or None for a delete, encoded client op)], {query hash: error}).
-Patch = tuple[str, list[tuple[str, str, str | None, str]], dict[str, str]]
+# An engine patch as the view syncer reads it: (replica version, its row changes, {query hash:
+# error}).
+Patch = tuple[str, _native.RowChanges, dict[str, str]]
 
 
 @dataclass
@@ -142,8 +142,8 @@ class GroupChange:
     """What one operation changed, before it has a version."""
 
     state_version: str | None = None  # the replica version its row changes reflect
-    # (table, canonical key) → (row version or None for a delete, encoded client op)
-    rows: dict[tuple[str, str], tuple[str | None, str]] = field(default_factory=dict)
+    # (table, canonical key) → (row version or None for a delete, encoded client op), in Rust
+    rows: _native.RowChanges = field(default_factory=_native.RowChanges)
     got: dict[str, str] = field(default_factory=dict)  # query hash → "put" | "del"
     desired: dict[tuple[str, str], str] = field(default_factory=dict)  # (client, hash) → "put" | "del"
     queries: set[str] = field(default_factory=set)  # query records to write
@@ -158,11 +158,9 @@ class GroupChange:
 
     def merge_patch(self, patch: Patch) -> None:
         """An engine patch's row ops; later ops of a row replace earlier ones."""
-        version, ops, _ = patch
+        version, rows, _ = patch
         self.state_version = version
-        rows = self.rows
-        for table, key, row_version, op in ops:
-            rows[(table, key)] = (row_version, op)
+        self.rows.absorb(rows)
 
 
 @dataclass
@@ -202,6 +200,10 @@ class ClientGroup:
     def _reset_state(self) -> None:
         self.version = CVRVersion(NEW_GROUP_STATE)
         self.stored_version: CVRVersion | None = None
+        # Whether the store may hold row records of the group (False only for a group the
+        # store has never seen and that flushed no rows since: its row records are inserted
+        # without looking for existing ones).
+        self.rows_recorded = True
         self.purged = False
         self.replica_version: str | None = None
         self.client_schema: dict[str, Any] | None = None
@@ -301,11 +303,10 @@ class ClientGroup:
             q = self.queries[query_hash]
             if q.transformation_hash is not None and q.transformation_version is None:
                 q.transformation_version = new
-        rows: list[RowChange] = []
         tables = self._svc.shard_tables
-        for (table, key_text), (row_version, op) in change.rows.items():
-            rows.append(RowChange(table, key_text, row_version))
-            content.row(tables, table, op, row_version is None)
+        content.rows, shard_rows = change.rows.poke_ops(tables.clients, tables.mutations)
+        for table, op, deleted in shard_rows:
+            content.row(tables, table, op, deleted)
         if self.replica_version is None or visible:
             self.replica_version = self._svc.replica_version
         flush = CVRFlush(
@@ -315,7 +316,8 @@ class ClientGroup:
             clients_removed=sorted(change.clients_removed),
             queries=[self.queries[h] for h in sorted(change.queries)],
             desires=[self.desires[k] for k in sorted(change.desires)],
-            rows=rows,
+            rows=change.rows,
+            rows_new=not self.rows_recorded,
         )
         head: list[str] = []
         if change.transform_errors:
@@ -345,6 +347,8 @@ class ClientGroup:
         self.version = prepared.version
         self.stored_version = prepared.version
         self.purged = False
+        if prepared.flush.rows:
+            self.rows_recorded = True
         if prepared.end is not None:
             self.deliver([prepared.end])
         self.mark_advanced(prepared.state_version)
@@ -481,6 +485,7 @@ class ClientGroup:
         self.granted_at_ms = now_ms()
         inst = snapshot.instance
         if inst is None:
+            self.rows_recorded = False
             return
         self.stored_version = inst.version
         if inst.deleted:
@@ -664,15 +669,8 @@ class ClientGroup:
         await self._add_queries(change, handle, got, results)
         # The group's version in the engine: the replica version every row below reflects.
         self.absorb(change, (await self._svc.engine_advance([self.id]))[self.id])
-        held = {slot for slot, (row_version, _) in change.rows.items() if row_version is not None}
         recorded = await self._svc.store.row_versions(self.id) if self.stored_version is not None else {}
-        for slot, (row_version, _) in list(change.rows.items()):
-            if (row_version is not None and recorded.get(slot) == row_version) or (
-                row_version is None and slot not in recorded
-            ):
-                del change.rows[slot]
-        for slot in recorded.keys() - held:
-            change.rows[slot] = (None, del_op(*slot))
+        change.rows.diff_recorded(recorded)
         await self.commit(change)
 
     async def sync_queries(self, handle: Connection, *, retransform: bool = False) -> None:

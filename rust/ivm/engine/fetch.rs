@@ -9,10 +9,12 @@
 //!   agree on, see [`canonical_json`]), its version, and its client op already encoded, so that
 //!   pokes of thousands of rows are assembled by joining strings.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params_from_iter, OptionalExtension};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::QueryEngine;
@@ -124,31 +126,58 @@ impl QueryEngine {
 }
 
 #[derive(Deserialize)]
-struct PatchIn {
-    version: String,
-    ops: Vec<OpIn>,
+struct PatchIn<'a> {
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow)]
+    ops: Vec<OpIn<'a>>,
     #[serde(rename = "queryErrors")]
     query_errors: BTreeMap<String, String>,
 }
 
+/// An op as the engine writes it; the row's value is kept as its text (the engine wrote it as
+/// the client gets it), never parsed.
 #[derive(Deserialize)]
-struct OpIn {
-    op: String,
-    table: String,
-    #[serde(rename = "rowKey")]
-    row_key: Value,
-    value: Option<Value>,
-    #[serde(rename = "rowVersion")]
-    row_version: Option<String>,
+struct OpIn<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+    #[serde(rename = "rowKey", borrow)]
+    row_key: &'a RawValue,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(rename = "rowVersion", default, borrow)]
+    row_version: Option<Cow<'a, str>>,
 }
 
 /// One row of a patch: its table, canonical key, version (`None`: deleted) and client op
 /// (`{"op":"put","tableName","value"}` or `{"op":"del","tableName","id"}`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowOp {
     pub table: String,
     pub key: String,
     pub row_version: Option<String>,
     pub op: String,
+}
+
+impl RowOp {
+    /// The `del` op of a row known by its table and canonical key.
+    #[must_use]
+    pub fn deleted(table: &str, key: &str) -> RowOp {
+        let mut op = String::with_capacity(40 + table.len() + key.len());
+        op.push_str("{\"op\":\"del\",\"tableName\":");
+        write_json_str(&mut op, table);
+        op.push_str(",\"id\":");
+        op.push_str(key);
+        op.push('}');
+        RowOp {
+            table: table.to_owned(),
+            key: key.to_owned(),
+            row_version: None,
+            op,
+        }
+    }
 }
 
 /// A patch (engine patch or [`QueryEngine::fetch_rows`] result) read for a poke and a flush.
@@ -162,44 +191,239 @@ fn malformed(what: &'static str, detail: String) -> Error {
     Error::Malformed { what, detail }
 }
 
+/// A row key in canonical form. A compact key of one column (`{"id":…}`, as the engine writes
+/// keys, with `serde_json`'s number and string forms) is canonical already; others are sorted.
+fn canonical_key(raw: &str) -> Result<String> {
+    if is_compact_single_member(raw.as_bytes()) {
+        Ok(raw.to_owned())
+    } else {
+        canonical_json(raw)
+    }
+}
+
+fn is_compact_single_member(b: &[u8]) -> bool {
+    if b.len() < 2 || b[0] != b'{' || b[b.len() - 1] != b'}' {
+        return false;
+    }
+    let (mut in_str, mut escaped) = (false, false);
+    for &c in &b[1..b.len() - 1] {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b',' | b'{' | b'[' | b' ' | b'\n' | b'\t' | b'\r' => return false,
+                _ => {}
+            }
+        }
+    }
+    true
+}
+
 /// Reads a patch; see [`PatchView`].
 pub fn read_patch(patch: &[u8]) -> Result<PatchView> {
-    let patch: PatchIn = serde_json::from_slice(patch).map_err(|e| malformed("query engine patch", e.to_string()))?;
+    let patch: PatchIn<'_> = serde_json::from_slice(patch).map_err(|e| malformed("query engine patch", e.to_string()))?;
     let mut rows = Vec::with_capacity(patch.ops.len());
     for op in patch.ops {
-        let key = serde_json::to_string(&op.row_key).expect("a JSON value serialises");
-        let mut text = String::with_capacity(64 + key.len());
-        let row_version = match (op.op.as_str(), op.value, op.row_version) {
+        let key = canonical_key(op.row_key.get())?;
+        let row = match (op.op.as_ref(), op.value, op.row_version) {
             ("put", Some(value), Some(version)) => {
+                let value = value.get();
+                let mut text = String::with_capacity(40 + op.table.len() + value.len());
                 text.push_str("{\"op\":\"put\",\"tableName\":");
                 write_json_str(&mut text, &op.table);
                 text.push_str(",\"value\":");
-                text.push_str(&serde_json::to_string(&value).expect("a JSON value serialises"));
+                text.push_str(value);
                 text.push('}');
-                Some(version)
+                RowOp {
+                    table: op.table.into_owned(),
+                    key,
+                    row_version: Some(version.into_owned()),
+                    op: text,
+                }
             }
-            ("del", _, _) => {
-                text.push_str("{\"op\":\"del\",\"tableName\":");
-                write_json_str(&mut text, &op.table);
-                text.push_str(",\"id\":");
-                text.push_str(&key);
-                text.push('}');
-                None
-            }
+            ("del", _, _) => RowOp::deleted(&op.table, &key),
             (other, _, _) => return Err(malformed("query engine patch", format!("unusable op {other:?}"))),
         };
-        rows.push(RowOp {
-            table: op.table,
-            key,
-            row_version,
-            op: text,
-        });
+        rows.push(row);
     }
     Ok(PatchView {
-        version: patch.version,
+        version: patch.version.into_owned(),
         rows,
         query_errors: patch.query_errors.into_iter().collect(),
     })
+}
+
+/// The row changes of one view-syncer change, merged from its patches in order: a later op of a
+/// row replaces an earlier one (keeping the row's first position). What the poke's `rowsPatch`
+/// and the CVR flush's row records are built from, without a Python object per row.
+#[derive(Default)]
+pub struct RowChanges {
+    slots: HashMap<(String, String), usize>,
+    rows: Vec<RowOp>,
+}
+
+impl RowChanges {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn rows(&self) -> &[RowOp] {
+        &self.rows
+    }
+
+    pub fn insert(&mut self, row: RowOp) {
+        use std::collections::hash_map::Entry;
+        match self.slots.entry((row.table.clone(), row.key.clone())) {
+            Entry::Occupied(o) => self.rows[*o.get()] = row,
+            Entry::Vacant(v) => {
+                v.insert(self.rows.len());
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// Merges a patch's rows; returns its version and query errors.
+    pub fn merge(&mut self, patch: &[u8]) -> Result<(String, Vec<(String, String)>)> {
+        let view = read_patch(patch)?;
+        if self.rows.is_empty() {
+            self.rows.reserve(view.rows.len());
+            self.slots.reserve(view.rows.len());
+        }
+        for row in view.rows {
+            self.insert(row);
+        }
+        Ok((view.version, view.query_errors))
+    }
+
+    /// Moves `other`'s rows in after this one's.
+    pub fn absorb(&mut self, other: &mut RowChanges) {
+        if self.rows.is_empty() {
+            std::mem::swap(self, other);
+            return;
+        }
+        for row in other.rows.drain(..) {
+            self.insert(row);
+        }
+        other.slots.clear();
+    }
+
+    /// Against what the CVR records (`(table, key)` → row version): keeps the puts of rows not
+    /// recorded at that version and the deletes of recorded rows, and deletes the recorded rows
+    /// the change does not put.
+    pub fn diff_recorded(&mut self, recorded: &HashMap<(String, String), String>) {
+        let held: std::collections::HashSet<(String, String)> = self
+            .rows
+            .iter()
+            .filter(|r| r.row_version.is_some())
+            .map(|r| (r.table.clone(), r.key.clone()))
+            .collect();
+        let rows = std::mem::take(&mut self.rows);
+        self.slots.clear();
+        for r in rows {
+            let slot = (r.table.clone(), r.key.clone());
+            let keep = match &r.row_version {
+                Some(v) => recorded.get(&slot) != Some(v),
+                None => recorded.contains_key(&slot),
+            };
+            if keep {
+                self.insert(r);
+            }
+        }
+        let mut gone: Vec<&(String, String)> = recorded.keys().filter(|k| !held.contains(*k)).collect();
+        gone.sort();
+        for (table, key) in gone {
+            self.insert(RowOp::deleted(table, key));
+        }
+    }
+
+    /// Appends the CVR row records of this change, made at `patch_version` by `group`, sorted
+    /// by table and key (neighbouring index entries).
+    pub fn write_records(&self, group: &str, patch_version: &str, out: &mut RecordArrays) {
+        let mut order: Vec<&RowOp> = self.rows.iter().collect();
+        order.sort_unstable_by(|a, b| (&a.table, &a.key).cmp(&(&b.table, &b.key)));
+        for r in order {
+            let cols: &mut [String] = match &r.row_version {
+                Some(v) => {
+                    out.puts += 1;
+                    push_array_item(&mut out.put[3], v);
+                    &mut out.put
+                }
+                None => {
+                    out.dels += 1;
+                    &mut out.del
+                }
+            };
+            push_array_item(&mut cols[0], group);
+            push_array_item(&mut cols[1], &r.table);
+            push_array_item(&mut cols[2], &r.key);
+            let last = cols.len() - 1;
+            push_array_item(&mut cols[last], patch_version);
+        }
+    }
+}
+
+/// CVR row records as Postgres text-array literals (`{"…","…"}`), column by column: puts as
+/// (group, table, key, row version, patch version), deletes as (group, table, key, patch
+/// version). One statement parameter per column, whatever the number of rows.
+pub struct RecordArrays {
+    pub put: [String; 5],
+    pub del: [String; 4],
+    pub puts: usize,
+    pub dels: usize,
+}
+
+impl Default for RecordArrays {
+    fn default() -> Self {
+        RecordArrays {
+            put: std::array::from_fn(|_| String::from("{")),
+            del: std::array::from_fn(|_| String::from("{")),
+            puts: 0,
+            dels: 0,
+        }
+    }
+}
+
+impl RecordArrays {
+    #[must_use]
+    pub fn finish(mut self) -> ([String; 5], [String; 4]) {
+        for s in self.put.iter_mut().chain(self.del.iter_mut()) {
+            s.push('}');
+        }
+        (self.put, self.del)
+    }
+}
+
+/// Appends one element to a Postgres text-array literal being built (quoted, `"` and `\`
+/// escaped, so any text round-trips).
+fn push_array_item(out: &mut String, item: &str) {
+    if out.len() > 1 {
+        out.push(',');
+    }
+    out.push('"');
+    if item.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    } else {
+        out.push_str(item);
+    }
+    out.push('"');
 }
 
 /// The canonical text of a JSON value: compact, object keys sorted by their bytes. Row keys
@@ -225,12 +449,92 @@ mod tests {
         assert_eq!(view.rows[0].row_version.as_deref(), Some("4z"));
         assert_eq!(
             view.rows[0].op,
-            r#"{"op":"put","tableName":"file_state","value":{"fileId":"f1","n":1.5,"userId":"u1"}}"#
+            r#"{"op":"put","tableName":"file_state","value":{"userId":"u1","fileId":"f1","n":1.5}}"#
         );
         assert_eq!(view.rows[1].row_version, None);
         assert_eq!(view.rows[1].op, r#"{"op":"del","tableName":"file","id":{"id":"f\"2"}}"#);
         assert_eq!(view.query_errors, vec![("q1".to_owned(), "boom".to_owned())]);
         assert!(read_patch(b"{}").is_err());
+    }
+
+    #[test]
+    fn single_member_keys_pass_through_and_others_are_canonicalised() {
+        assert_eq!(canonical_key(r#"{"id":"a,b"}"#).unwrap(), r#"{"id":"a,b"}"#);
+        assert_eq!(canonical_key(r#"{"id":"a\"{,"}"#).unwrap(), r#"{"id":"a\"{,"}"#);
+        assert_eq!(canonical_key(r#"{"b":1,"a":2}"#).unwrap(), r#"{"a":2,"b":1}"#);
+        assert_eq!(canonical_key(r#"{ "id": 1 }"#).unwrap(), r#"{"id":1}"#);
+    }
+
+    fn put(table: &str, key: &str, version: &str) -> String {
+        format!(r#"{{"op":"put","table":"{table}","value":{{"v":"{version}"}},"rowKey":{key},"rowVersion":"{version}"}}"#)
+    }
+
+    #[test]
+    fn row_changes_merge_in_order_later_ops_replacing_earlier_ones() {
+        let mut rows = RowChanges::default();
+        let first = format!(r#"{{"version":"1","ops":[{},{}],"queryErrors":{{}}}}"#, put("t", r#"{"id":"a"}"#, "1"), put("t", r#"{"id":"b"}"#, "1"));
+        let second = format!(
+            r#"{{"version":"2","ops":[{{"op":"del","table":"t","rowKey":{{"id":"a"}}}},{}],"queryErrors":{{"q":"x"}}}}"#,
+            put("u", r#"{"id":"a"}"#, "2")
+        );
+        assert_eq!(rows.merge(first.as_bytes()).unwrap(), ("1".to_owned(), vec![]));
+        assert_eq!(rows.merge(second.as_bytes()).unwrap(), ("2".to_owned(), vec![("q".to_owned(), "x".to_owned())]));
+        let got: Vec<(&str, &str, Option<&str>)> =
+            rows.rows().iter().map(|r| (r.table.as_str(), r.key.as_str(), r.row_version.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![("t", r#"{"id":"a"}"#, None), ("t", r#"{"id":"b"}"#, Some("1")), ("u", r#"{"id":"a"}"#, Some("2"))]
+        );
+        assert_eq!(rows.rows()[0].op, r#"{"op":"del","tableName":"t","id":{"id":"a"}}"#);
+        let mut more = RowChanges::default();
+        more.insert(RowOp::deleted("t", r#"{"id":"b"}"#));
+        rows.absorb(&mut more);
+        assert!(more.is_empty());
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.rows()[1].row_version, None);
+    }
+
+    #[test]
+    fn diff_recorded_keeps_what_differs_and_deletes_what_is_gone() {
+        let mut rows = RowChanges::default();
+        let patch = format!(
+            r#"{{"version":"1","ops":[{},{},{{"op":"del","table":"t","rowKey":{{"id":"d"}}}},{{"op":"del","table":"t","rowKey":{{"id":"e"}}}}],"queryErrors":{{}}}}"#,
+            put("t", r#"{"id":"same"}"#, "1"),
+            put("t", r#"{"id":"newer"}"#, "2")
+        );
+        rows.merge(patch.as_bytes()).unwrap();
+        let recorded: HashMap<(String, String), String> = [
+            (("t", r#"{"id":"same"}"#), "1"),
+            (("t", r#"{"id":"newer"}"#), "1"),
+            (("t", r#"{"id":"d"}"#), "1"),
+            (("t", r#"{"id":"gone"}"#), "1"),
+        ]
+        .into_iter()
+        .map(|((t, k), v)| ((t.to_owned(), k.to_owned()), v.to_owned()))
+        .collect();
+        rows.diff_recorded(&recorded);
+        let got: Vec<(&str, Option<&str>)> = rows.rows().iter().map(|r| (r.key.as_str(), r.row_version.as_deref())).collect();
+        assert_eq!(got, vec![(r#"{"id":"newer"}"#, Some("2")), (r#"{"id":"d"}"#, None), (r#"{"id":"gone"}"#, None)]);
+    }
+
+    #[test]
+    fn record_arrays_are_sorted_escaped_literals() {
+        let mut rows = RowChanges::default();
+        rows.insert(RowOp { table: "t".into(), key: r#"{"id":"b\\"}"#.into(), row_version: Some("2".into()), op: String::new() });
+        rows.insert(RowOp::deleted("t", r#"{"id":"c"}"#));
+        rows.insert(RowOp { table: "t".into(), key: r#"{"id":"a"}"#.into(), row_version: Some("1".into()), op: String::new() });
+        let mut arrays = RecordArrays::default();
+        rows.write_records("g", "9", &mut arrays);
+        RowChanges::default().write_records("h", "9", &mut arrays);
+        assert_eq!((arrays.puts, arrays.dels), (2, 1));
+        let (put, del) = arrays.finish();
+        assert_eq!(put[0], r#"{"g","g"}"#);
+        assert_eq!(put[1], r#"{"t","t"}"#);
+        assert_eq!(put[2], r#"{"{\"id\":\"a\"}","{\"id\":\"b\\\\\"}"}"#);
+        assert_eq!(put[3], r#"{"1","2"}"#);
+        assert_eq!(put[4], r#"{"9","9"}"#);
+        assert_eq!(del, [r#"{"g"}"#, r#"{"t"}"#, r#"{"{\"id\":\"c\"}"}"#, r#"{"9"}"#].map(String::from));
+        assert_eq!(RecordArrays::default().finish().1, ["{}", "{}", "{}", "{}"].map(String::from));
     }
 
     #[test]
