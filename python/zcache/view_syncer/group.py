@@ -793,6 +793,7 @@ class ClientGroup:
 
     async def _add_internal_queries(self, change: GroupChange) -> None:
         clients, mutations = self._svc.shard_tables.clients, self._svc.shard_tables.mutations
+        adds: list[tuple[str, dict[str, Any]]] = []
         for query_hash, table in ((LMIDS_QUERY, clients), (MUTATION_RESULTS_QUERY, mutations)):
             if query_hash in self.engine_queries:
                 continue
@@ -805,11 +806,16 @@ class ClientGroup:
                     "right": {"type": "literal", "value": self.id},
                 },
             }
+            adds.append((query_hash, ast))
+        if not adds:
+            return
+        # Both in one engine call: each call waits its turn behind every other group's.
+        outcomes = await self._svc.engine_add(self.id, [(h, json.dumps(ast)) for h, ast in adds])
+        for (query_hash, ast), outcome in zip(adds, outcomes, strict=True):
             q = self.queries.get(query_hash)
             if q is None:
                 q = QueryRecord(query_hash, client_ast=ast, internal=True)
                 self.queries[query_hash] = q
-            (outcome,) = await self._svc.engine_add(self.id, [(query_hash, json.dumps(ast))])
             if isinstance(outcome, str):
                 log.warning("client group %s: internal query %s cannot run: %s", self.id, query_hash, outcome)
                 continue
