@@ -202,6 +202,9 @@ class ClientGroup:
     def _reset_state(self) -> None:
         self.version = CVRVersion(NEW_GROUP_STATE)
         self.stored_version: CVRVersion | None = None
+        # Whether the store may hold rows of the group: not for a new group until a flush
+        # wrote some (its first catch-up then needs no read of the store).
+        self.may_have_rows = False
         self.purged = False
         self.replica_version: str | None = None
         self.client_schema: dict[str, Any] | None = None
@@ -345,6 +348,8 @@ class ClientGroup:
         self.version = prepared.version
         self.stored_version = prepared.version
         self.purged = False
+        if prepared.flush.rows:
+            self.may_have_rows = True
         if prepared.end is not None:
             self.deliver([prepared.end])
         self.mark_advanced(prepared.state_version)
@@ -482,6 +487,7 @@ class ClientGroup:
         inst = snapshot.instance
         if inst is None:
             return
+        self.may_have_rows = True
         self.stored_version = inst.version
         if inst.deleted:
             self.purged = True
@@ -611,7 +617,7 @@ class ClientGroup:
                     content.got.append({"op": "put", "hash": query_hash})
             elif q.patch_version > base:
                 content.got.append({"op": "del" if q.deleted else "put", "hash": query_hash})
-        if self.stored_version is not None and (base is None or base < self.version):
+        if self.may_have_rows and (base is None or base < self.version):
             rows = await self._svc.store.catchup_rows(self.id, base)
             puts = [(r.table, r.row_key) for r in rows if r.row_version is not None]
             current = await self._svc.fetch_rows(puts) if puts else {}
