@@ -8,8 +8,8 @@
   `idle_unload_s` after their last one left (memory goes back; the CVR stays in Postgres);
 * the advance loop: on each new replica version, every loaded group is advanced by the engine
   in batches of `ADVANCE_BATCH` groups per call (the engine reads each changed row once for the
-  whole batch), their CVR changes are flushed in one transaction per batch, then each group's
-  poke goes to its connections. A group busy with something else (a connection, a transform)
+  whole batch), their CVR changes are flushed in one transaction per batch (overlapping the
+  next batch's engine advance), then each group's poke goes to its connections. A group busy with something else (a connection, a transform)
   is skipped, and a deferred advance queues for its lock (one at a time per group): every
   version reaches every group, and a busy group never holds up the others. Batches start at a
   rotating offset, so no group is always last;
