@@ -5,12 +5,12 @@ worker thread (``trio.to_thread.run_sync``) under one CapacityLimiter sized by
 ``ZERO_CVR_MAX_CONNS``: at most that many connections exist and work at once.
 
 Ownership: loading a group makes this process its owner (``owner`` = task id, ``grantedAt`` =
-the load time) unless another process was granted it later. A flush first locks the instance
-rows of its groups (``SELECT … FOR UPDATE``); a group that another process owns now, or whose
-stored version is not the one this process expects, is not written and is returned as
-rejected (its clients get ``Rehome``). Everything else is written in the same transaction: the
-instances, clients, queries, desires and rows of all the flush's groups in a handful of
-statements (rows through ``unnest`` arrays, never a statement per row).
+the load time) unless another process was granted it later. A flush is one statement (one
+round trip, one transaction) for all its groups: it locks their instance rows (``SELECT … FOR
+UPDATE``); a group that another process owns now, or whose stored version is not the one this
+process expects, is not written and is returned as rejected (its clients get ``Rehome``).
+Everything else — the instances, clients, queries, desires and rows of every group — is
+written by data-modifying CTEs over ``unnest`` arrays, never a statement per row.
 
 ``rows.refCounts``: zero-cache counts a row's references per query; zcache's query engine
 counts them per client group, so a live row holds ``{"group": 1}``. ``NULL`` marks a tombstone,
@@ -23,6 +23,7 @@ a flush that fails leaves the database as it was (one transaction).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
@@ -79,6 +80,7 @@ class CVRStore:
         self._limiter = trio.CapacityLimiter(max_conns)
         self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
         self._closed = False
+        self._flush_sql = self._q(_FLUSH_SQL)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -90,7 +92,12 @@ class CVRStore:
             self._dsn,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT_S,
-            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            # A poke waits for its flush. Without waiting for the WAL to reach the disk, a crash
+            # of Postgres itself (not of zcache) may lose the last flushes; clients whose cookie
+            # is then ahead of their CVR are told so (InvalidConnectionRequestBaseCookie) and
+            # sync again from scratch, which is correct, only slower. A lost ownership grant
+            # (`load`) makes this process's next flush of the group fail its check (Rehome).
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c synchronous_commit=off",
             application_name="zcache-cvr",
         )
 
@@ -277,185 +284,25 @@ class CVRStore:
         return await self._run(lambda conn: self._flush(conn, flushes))
 
     def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
-        rejected: set[str] = set()
-        # Two round trips: the instance rows locked and read, then every write and the commit,
-        # sent together (pipeline mode).
-        with conn.pipeline(), conn.transaction():
-            # A poke waits for its flush. Without waiting for the WAL to reach the disk, a crash
-            # of Postgres itself (not of zcache) may lose the last flushes; clients whose cookie
-            # is then ahead of their CVR are told so (InvalidConnectionRequestBaseCookie) and
-            # sync again from scratch, which is correct, only slower.
-            conn.execute("SET LOCAL synchronous_commit = off")
-            ids = sorted({f.instance.group_id for f in flushes})  # one lock order for every process
-            stored = {
-                r[0]: (r[1], r[2])
-                for r in conn.execute(
-                    self._q(
-                        """SELECT "clientGroupID", "version", "owner" FROM {s}.instances
-                           WHERE "clientGroupID" = ANY(%s) ORDER BY "clientGroupID" FOR UPDATE"""
-                    ),
-                    [ids],
-                )
-            }
-            accepted: list[CVRFlush] = []
-            for f in flushes:
-                gid = f.instance.group_id
-                current = stored.get(gid)
-                if f.expected_version is None:
-                    ok = current is None
-                else:
-                    ok = (
-                        current is not None
-                        and current[0] == f.expected_version.cookie
-                        and current[1] in (None, self.owner)
-                    )
-                if ok:
-                    accepted.append(f)
-                else:
-                    rejected.add(gid)
-                    log.info(
-                        "CVR of client group %s changed elsewhere (stored %s owned by %s, expected %s): not written",
-                        gid,
-                        current[0] if current else None,
-                        current[1] if current else None,
-                        f.expected_version,
-                    )
-            if accepted:
-                self._write(conn, accepted)
+        # One statement, one round trip, its own (implicit) transaction: the instance rows are
+        # locked (one lock order for every process) and checked, and every write is filtered
+        # on the groups that passed (data-modifying CTEs all run, on one snapshot; the lock
+        # makes a concurrent writer's newer row the one checked). The session runs with
+        # synchronous_commit off (see `_connect`).
+        ids = [f.instance.group_id for f in flushes]
+        assert len(set(ids)) == len(ids), "one flush per client group"
+        params = _flush_params(self.owner, flushes)
+        stored = conn.execute(self._flush_sql, params).fetchall()
+        rejected = {r[0] for r in stored}
+        for gid, version, owner, expected in stored:
+            log.info(
+                "CVR of client group %s changed elsewhere (stored %s owned by %s, expected %s): not written",
+                gid,
+                version,
+                owner,
+                expected,
+            )
         return rejected
-
-    def _write(self, conn: psycopg.Connection, flushes: list[CVRFlush]) -> None:
-        # Ownership (owner, grantedAt) is written by the insert of a new group and by `load`
-        # only: a flush never moves it.
-        with conn.cursor() as cur:
-            cur.executemany(
-                self._q(
-                    """INSERT INTO {s}.instances ("clientGroupID", "version", "lastActive", "ttlClock", "replicaVersion",
-                                                  "owner", "grantedAt", "clientSchema", "profileID", "deleted")
-                       VALUES (%s, %s, to_timestamp(%s / 1000.0), %s, %s, %s, to_timestamp(%s / 1000.0), %s, %s, %s)
-                       ON CONFLICT ("clientGroupID") DO UPDATE SET
-                         "version" = excluded."version", "lastActive" = excluded."lastActive",
-                         "ttlClock" = excluded."ttlClock", "replicaVersion" = excluded."replicaVersion",
-                         "clientSchema" = excluded."clientSchema", "profileID" = excluded."profileID",
-                         "deleted" = excluded."deleted\""""
-                ),
-                [
-                    (
-                        i.group_id,
-                        i.version.cookie,
-                        i.last_active_ms,
-                        i.ttl_clock_ms,
-                        i.replica_version,
-                        self.owner,
-                        i.granted_at_ms,
-                        None if i.client_schema is None else Jsonb(i.client_schema),
-                        i.profile_id,
-                        i.deleted,
-                    )
-                    for i in (f.instance for f in flushes)
-                ],
-            )
-            cur.executemany(
-                self._q(
-                    """INSERT INTO {s}."rowsVersion" ("clientGroupID", "version") VALUES (%s, %s)
-                       ON CONFLICT ("clientGroupID") DO UPDATE SET "version" = excluded."version\""""
-                ),
-                [(f.instance.group_id, f.instance.version.cookie) for f in flushes],
-            )
-            added = [(f.instance.group_id, c) for f in flushes for c in f.clients_added]
-            if added:
-                cur.executemany(
-                    self._q('INSERT INTO {s}.clients ("clientGroupID", "clientID") VALUES (%s, %s) ON CONFLICT DO NOTHING'),
-                    added,
-                )
-            removed = [(f.instance.group_id, c) for f in flushes for c in f.clients_removed]
-            if removed:
-                cur.executemany(
-                    self._q('DELETE FROM {s}.clients WHERE "clientGroupID" = %s AND "clientID" = %s'),
-                    removed,
-                )
-            queries = [(f.instance.group_id, q) for f in flushes for q in f.queries]
-            if queries:
-                cur.executemany(
-                    self._q(
-                        """INSERT INTO {s}.queries ("clientGroupID", "queryHash", "clientAST", "queryName", "queryArgs",
-                                                    "patchVersion", "transformationHash", "transformationVersion",
-                                                    "internal", "deleted")
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                           ON CONFLICT ("clientGroupID", "queryHash") DO UPDATE SET
-                             "clientAST" = excluded."clientAST", "queryName" = excluded."queryName",
-                             "queryArgs" = excluded."queryArgs", "patchVersion" = excluded."patchVersion",
-                             "transformationHash" = excluded."transformationHash",
-                             "transformationVersion" = excluded."transformationVersion",
-                             "internal" = excluded."internal", "deleted" = excluded."deleted\""""
-                    ),
-                    [_query_params(gid, q) for gid, q in queries],
-                )
-            desires = [(f.instance.group_id, d) for f in flushes for d in f.desires]
-            if desires:
-                cur.executemany(
-                    self._q(
-                        """INSERT INTO {s}.desires ("clientGroupID", "clientID", "queryHash", "patchVersion", "deleted",
-                                                    "ttl", "ttlMs", "inactivatedAt", "inactivatedAtMs")
-                           VALUES (%s, %s, %s, %s, %s, make_interval(secs => %s / 1000.0), %s,
-                                   to_timestamp(%s / 1000.0), %s)
-                           ON CONFLICT ("clientGroupID", "clientID", "queryHash") DO UPDATE SET
-                             "patchVersion" = excluded."patchVersion", "deleted" = excluded."deleted",
-                             "ttl" = excluded."ttl", "ttlMs" = excluded."ttlMs",
-                             "inactivatedAt" = excluded."inactivatedAt", "inactivatedAtMs" = excluded."inactivatedAtMs\""""
-                    ),
-                    [
-                        (
-                            gid,
-                            d.client_id,
-                            d.query_hash,
-                            d.patch_version.cookie,
-                            d.deleted,
-                            d.ttl_ms,
-                            d.ttl_ms,
-                            d.inactivated_at_ms,
-                            d.inactivated_at_ms,
-                        )
-                        for gid, d in desires
-                    ],
-                )
-            self._write_rows(cur, flushes)
-
-    def _write_rows(self, cur: psycopg.Cursor, flushes: list[CVRFlush]) -> None:
-        # The records cross as one array literal per column, built in Rust (no Python object
-        # per row). Groups with no row record yet are inserted without conflict handling, which
-        # costs Postgres about half of an upsert's work per row.
-        for new in (True, False):
-            part = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in flushes if f.rows and f.rows_new == new]
-            if not part:
-                continue
-            put, dels, n_puts, n_dels = _native.cvr_row_arrays(part)
-            if n_puts:
-                cur.execute(
-                    self._q(
-                        """INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
-                           SELECT g, '', t, k::jsonb, v, p, %s
-                           FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS u(g, t, k, v, p)"""
-                        + (
-                            ""
-                            if new
-                            else """ ON CONFLICT ("clientGroupID", "schema", "table", "rowKey") DO UPDATE SET
-                                     "rowVersion" = excluded."rowVersion", "patchVersion" = excluded."patchVersion",
-                                     "refCounts" = excluded."refCounts\""""
-                        )
-                    ),
-                    [LIVE_REF_COUNTS, *put],
-                )
-            if n_dels and not new:
-                # A group without row records has nothing to delete.
-                cur.execute(
-                    self._q(
-                        """UPDATE {s}.rows AS r SET "patchVersion" = u.p, "refCounts" = NULL
-                           FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(g, t, k, p)
-                           WHERE r."clientGroupID" = u.g AND r."schema" = '' AND r."table" = u.t AND r."rowKey" = u.k::jsonb"""
-                    ),
-                    list(dels),
-                )
 
     async def touch(self, group_ids: Sequence[str]) -> None:
         """Marks groups this process serves as active now (garbage collection spares them)."""
@@ -510,20 +357,172 @@ class CVRStore:
         return await self._run(purge, retry_stale=True)
 
 
-def _query_params(group_id: str, q: QueryRecord) -> tuple[Any, ...]:
-    return (
-        group_id,
-        q.hash,
-        None if q.client_ast is None else Jsonb(q.client_ast),
-        q.name,
-        None if q.args is None else Jsonb(q.args),
-        None if q.patch_version is None else q.patch_version.cookie,
-        q.transformation_hash,
-        None if q.transformation_version is None else q.transformation_version.cookie,
-        q.internal,
-        q.deleted,
-    )
-
-
 def now_ms() -> float:
     return time.time() * 1000.0
+
+
+# The whole flush of many client groups as one statement; every list is one column of
+# `unnest`. `accepted` holds the groups whose stored instance is the one the flush expects
+# (none for a new group) and that no other process owns; ownership (owner, grantedAt) is
+# written by the insert of a new group and by `load` only. Returns the rejected groups.
+_FLUSH_SQL = """
+WITH f AS (
+  SELECT * FROM unnest(%(g)s::text[], %(expected)s::text[], %(version)s::text[], %(last_active)s::float8[],
+                       %(ttl_clock)s::float8[], %(replica_version)s::text[], %(granted_at)s::float8[],
+                       %(client_schema)s::text[], %(profile_id)s::text[], %(deleted)s::bool[])
+    AS f(g, expected, version, last_active, ttl_clock, replica_version, granted_at, client_schema, profile_id, deleted)
+),
+stored AS (
+  SELECT "clientGroupID" AS g, "version", "owner" FROM {s}.instances
+  WHERE "clientGroupID" = ANY(%(g)s::text[]) ORDER BY "clientGroupID" FOR UPDATE
+),
+checked AS (
+  SELECT f.*, s."version" AS stored_version, s."owner" AS stored_owner,
+         CASE WHEN f.expected IS NULL THEN s.g IS NULL
+              ELSE s.g IS NOT NULL AND s."version" = f.expected AND (s."owner" IS NULL OR s."owner" = %(owner)s) END AS ok
+  FROM f LEFT JOIN stored s ON s.g = f.g
+),
+accepted AS (SELECT * FROM checked WHERE ok),
+w_instances AS (
+  INSERT INTO {s}.instances ("clientGroupID", "version", "lastActive", "ttlClock", "replicaVersion",
+                             "owner", "grantedAt", "clientSchema", "profileID", "deleted")
+  SELECT g, version, to_timestamp(last_active / 1000.0), ttl_clock, replica_version,
+         %(owner)s, to_timestamp(granted_at / 1000.0), client_schema::jsonb, profile_id, deleted
+  FROM accepted
+  ON CONFLICT ("clientGroupID") DO UPDATE SET
+    "version" = excluded."version", "lastActive" = excluded."lastActive",
+    "ttlClock" = excluded."ttlClock", "replicaVersion" = excluded."replicaVersion",
+    "clientSchema" = excluded."clientSchema", "profileID" = excluded."profileID",
+    "deleted" = excluded."deleted"
+),
+w_rows_version AS (
+  INSERT INTO {s}."rowsVersion" ("clientGroupID", "version") SELECT g, version FROM accepted
+  ON CONFLICT ("clientGroupID") DO UPDATE SET "version" = excluded."version"
+),
+w_clients_added AS (
+  INSERT INTO {s}.clients ("clientGroupID", "clientID")
+  SELECT u.g, u.c FROM unnest(%(added_g)s::text[], %(added_c)s::text[]) AS u(g, c) JOIN accepted USING (g)
+  ON CONFLICT DO NOTHING
+),
+w_clients_removed AS (
+  DELETE FROM {s}.clients AS x USING unnest(%(removed_g)s::text[], %(removed_c)s::text[]) AS u(g, c), accepted a
+  WHERE a.g = u.g AND x."clientGroupID" = u.g AND x."clientID" = u.c
+),
+w_queries AS (
+  INSERT INTO {s}.queries ("clientGroupID", "queryHash", "clientAST", "queryName", "queryArgs", "patchVersion",
+                           "transformationHash", "transformationVersion", "internal", "deleted")
+  SELECT u.g, u.h, u.ast::jsonb, u.name, u.args::jsonb, u.pv, u.th, u.tv, u.internal, u.deleted
+  FROM unnest(%(q_g)s::text[], %(q_hash)s::text[], %(q_ast)s::text[], %(q_name)s::text[], %(q_args)s::text[],
+              %(q_patch)s::text[], %(q_th)s::text[], %(q_tv)s::text[], %(q_internal)s::bool[], %(q_deleted)s::bool[])
+    AS u(g, h, ast, name, args, pv, th, tv, internal, deleted)
+  JOIN accepted USING (g)
+  ON CONFLICT ("clientGroupID", "queryHash") DO UPDATE SET
+    "clientAST" = excluded."clientAST", "queryName" = excluded."queryName",
+    "queryArgs" = excluded."queryArgs", "patchVersion" = excluded."patchVersion",
+    "transformationHash" = excluded."transformationHash",
+    "transformationVersion" = excluded."transformationVersion",
+    "internal" = excluded."internal", "deleted" = excluded."deleted"
+),
+w_desires AS (
+  INSERT INTO {s}.desires ("clientGroupID", "clientID", "queryHash", "patchVersion", "deleted",
+                           "ttl", "ttlMs", "inactivatedAt", "inactivatedAtMs")
+  SELECT u.g, u.c, u.h, u.pv, u.deleted, make_interval(secs => u.ttl / 1000.0), u.ttl,
+         to_timestamp(u.inactivated / 1000.0), u.inactivated
+  FROM unnest(%(d_g)s::text[], %(d_client)s::text[], %(d_hash)s::text[], %(d_patch)s::text[],
+              %(d_deleted)s::bool[], %(d_ttl)s::float8[], %(d_inactivated)s::float8[])
+    AS u(g, c, h, pv, deleted, ttl, inactivated)
+  JOIN accepted USING (g)
+  ON CONFLICT ("clientGroupID", "clientID", "queryHash") DO UPDATE SET
+    "patchVersion" = excluded."patchVersion", "deleted" = excluded."deleted",
+    "ttl" = excluded."ttl", "ttlMs" = excluded."ttlMs",
+    "inactivatedAt" = excluded."inactivatedAt", "inactivatedAtMs" = excluded."inactivatedAtMs"
+),
+w_rows_new AS (
+  INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
+  SELECT u.g, '', u.t, u.k::jsonb, u.v, u.p, %(live)s
+  FROM unnest(%(new_g)s::text[], %(new_t)s::text[], %(new_k)s::text[], %(new_v)s::text[], %(new_p)s::text[])
+    AS u(g, t, k, v, p)
+  JOIN accepted USING (g)
+),
+w_rows_put AS (
+  INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
+  SELECT u.g, '', u.t, u.k::jsonb, u.v, u.p, %(live)s
+  FROM unnest(%(put_g)s::text[], %(put_t)s::text[], %(put_k)s::text[], %(put_v)s::text[], %(put_p)s::text[])
+    AS u(g, t, k, v, p)
+  JOIN accepted USING (g)
+  ON CONFLICT ("clientGroupID", "schema", "table", "rowKey") DO UPDATE SET
+    "rowVersion" = excluded."rowVersion", "patchVersion" = excluded."patchVersion",
+    "refCounts" = excluded."refCounts"
+),
+w_rows_del AS (
+  UPDATE {s}.rows AS r SET "patchVersion" = u.p, "refCounts" = NULL
+  FROM unnest(%(del_g)s::text[], %(del_t)s::text[], %(del_k)s::text[], %(del_p)s::text[]) AS u(g, t, k, p), accepted a
+  WHERE a.g = u.g AND r."clientGroupID" = u.g AND r."schema" = '' AND r."table" = u.t AND r."rowKey" = u.k::jsonb
+)
+SELECT g, stored_version, stored_owner, expected FROM checked WHERE NOT ok
+"""
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
+    """The flush statement's columns: one list per column, built in one pass."""
+    instances = [f.instance for f in flushes]
+    p: dict[str, Any] = {
+        "owner": owner,
+        "live": LIVE_REF_COUNTS,
+        "g": [i.group_id for i in instances],
+        "expected": [None if f.expected_version is None else f.expected_version.cookie for f in flushes],
+        "version": [i.version.cookie for i in instances],
+        "last_active": [i.last_active_ms for i in instances],
+        "ttl_clock": [i.ttl_clock_ms for i in instances],
+        "replica_version": [i.replica_version for i in instances],
+        "granted_at": [i.granted_at_ms for i in instances],
+        "client_schema": [_json_text(i.client_schema) for i in instances],
+        "profile_id": [i.profile_id for i in instances],
+        "deleted": [i.deleted for i in instances],
+    }
+    for key in ("added_g", "added_c", "removed_g", "removed_c", "q_g", "q_hash", "q_ast", "q_name", "q_args",
+                "q_patch", "q_th", "q_tv", "q_internal", "q_deleted", "d_g", "d_client", "d_hash", "d_patch",
+                "d_deleted", "d_ttl", "d_inactivated"):
+        p[key] = []
+    for f in flushes:
+        gid = f.instance.group_id
+        for c in f.clients_added:
+            p["added_g"].append(gid)
+            p["added_c"].append(c)
+        for c in f.clients_removed:
+            p["removed_g"].append(gid)
+            p["removed_c"].append(c)
+        for q in f.queries:
+            p["q_g"].append(gid)
+            p["q_hash"].append(q.hash)
+            p["q_ast"].append(_json_text(q.client_ast))
+            p["q_name"].append(q.name)
+            p["q_args"].append(_json_text(q.args))
+            p["q_patch"].append(None if q.patch_version is None else q.patch_version.cookie)
+            p["q_th"].append(q.transformation_hash)
+            p["q_tv"].append(None if q.transformation_version is None else q.transformation_version.cookie)
+            p["q_internal"].append(q.internal)
+            p["q_deleted"].append(q.deleted)
+        for d in f.desires:
+            p["d_g"].append(gid)
+            p["d_client"].append(d.client_id)
+            p["d_hash"].append(d.query_hash)
+            p["d_patch"].append(d.patch_version.cookie)
+            p["d_deleted"].append(d.deleted)
+            p["d_ttl"].append(d.ttl_ms)
+            p["d_inactivated"].append(d.inactivated_at_ms)
+    # The row records cross as one text-array literal per column, built in Rust (no Python
+    # object per row). Groups with no row record yet (`rows_new`) are inserted without conflict
+    # handling, which costs Postgres about half of an upsert's work per row; they have nothing
+    # to delete.
+    new = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in flushes if f.rows and f.rows_new]
+    old = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in flushes if f.rows and not f.rows_new]
+    (p["new_g"], p["new_t"], p["new_k"], p["new_v"], p["new_p"]), _, _, _ = _native.cvr_row_arrays(new)
+    put, dels, _, _ = _native.cvr_row_arrays(old)
+    p["put_g"], p["put_t"], p["put_k"], p["put_v"], p["put_p"] = put
+    p["del_g"], p["del_t"], p["del_k"], p["del_p"] = dels
+    return p

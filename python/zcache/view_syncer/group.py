@@ -202,7 +202,7 @@ class ClientGroup:
         self.stored_version: CVRVersion | None = None
         # Whether the store may hold row records of the group (False only for a group the
         # store has never seen and that flushed no rows since: its row records are inserted
-        # without looking for existing ones).
+        # without looking for existing ones, and its first catch-up reads none).
         self.rows_recorded = True
         self.purged = False
         self.replica_version: str | None = None
@@ -616,7 +616,7 @@ class ClientGroup:
                     content.got.append({"op": "put", "hash": query_hash})
             elif q.patch_version > base:
                 content.got.append({"op": "del" if q.deleted else "put", "hash": query_hash})
-        if self.stored_version is not None and (base is None or base < self.version):
+        if self.rows_recorded and (base is None or base < self.version):
             rows = await self._svc.store.catchup_rows(self.id, base)
             puts = [(r.table, r.row_key) for r in rows if r.row_version is not None]
             current = await self._svc.fetch_rows(puts) if puts else {}
@@ -791,6 +791,7 @@ class ClientGroup:
 
     async def _add_internal_queries(self, change: GroupChange) -> None:
         clients, mutations = self._svc.shard_tables.clients, self._svc.shard_tables.mutations
+        adds: list[tuple[str, dict[str, Any]]] = []
         for query_hash, table in ((LMIDS_QUERY, clients), (MUTATION_RESULTS_QUERY, mutations)):
             if query_hash in self.engine_queries:
                 continue
@@ -803,11 +804,16 @@ class ClientGroup:
                     "right": {"type": "literal", "value": self.id},
                 },
             }
+            adds.append((query_hash, ast))
+        if not adds:
+            return
+        # Both in one engine call: each call waits its turn behind every other group's.
+        outcomes = await self._svc.engine_add(self.id, [(h, json.dumps(ast)) for h, ast in adds])
+        for (query_hash, ast), outcome in zip(adds, outcomes, strict=True):
             q = self.queries.get(query_hash)
             if q is None:
                 q = QueryRecord(query_hash, client_ast=ast, internal=True)
                 self.queries[query_hash] = q
-            (outcome,) = await self._svc.engine_add(self.id, [(query_hash, json.dumps(ast))])
             if isinstance(outcome, str):
                 log.warning("client group %s: internal query %s cannot run: %s", self.id, query_hash, outcome)
                 continue

@@ -8,8 +8,8 @@
   `idle_unload_s` after their last one left (memory goes back; the CVR stays in Postgres);
 * the advance loop: on each new replica version, every loaded group is advanced by the engine
   in batches of `ADVANCE_BATCH` groups per call (the engine reads each changed row once for the
-  whole batch), their CVR changes are flushed in one transaction per batch, then each group's
-  poke goes to its connections. A group busy with something else (a connection, a transform)
+  whole batch), their CVR changes are flushed in one transaction per batch (overlapping the
+  next batch's engine advance), then each group's poke goes to its connections. A group busy with something else (a connection, a transform)
   is skipped, and a deferred advance queues for its lock (one at a time per group): every
   version reaches every group, and a busy group never holds up the others. Batches start at a
   rotating offset, so no group is always last;
@@ -136,6 +136,7 @@ class ViewSyncerService:
         self._resyncs = 0
         self.replica_version = ""
         self.replica_tables: dict[str, Any] = {}
+        self._tables_seen: str | None = None  # the replicator's version when they were read
         self.groups: dict[str, ClientGroup] = {}
         self._ready = trio.Event()
         self._rotation = 0
@@ -203,6 +204,7 @@ class ViewSyncerService:
         return await self._in_engine(lambda e: {h: e.query_rows(group_id, h) for h in hashes})
 
     async def refresh_replica_tables(self) -> None:
+        self._tables_seen = self._replicator.versions.version
         tables = await self._in_engine(lambda e: json.loads(e.client_tables()))
         self.replica_version = tables["replicaVersion"]
         self.replica_tables = tables["tables"]
@@ -303,44 +305,49 @@ class ViewSyncerService:
             return
         self._rotation = (self._rotation + 1) % len(groups)
         groups = groups[self._rotation :] + groups[: self._rotation]
-        for start in range(0, len(groups), ADVANCE_BATCH):
-            held: list[ClientGroup] = []
-            for g in groups[start : start + ADVANCE_BATCH]:
-                if g.try_lock():
-                    held.append(g)
-                else:
-                    self._defer_advance(g)
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._advance_batch([g for g in held if g.loaded])
-            finally:
-                for g in held:
-                    g.unlock()
+        # One task per batch: the engine takes their advances in order (its limiter is FIFO),
+        # so a batch's flush runs while the next batch is in the engine. Each group stays
+        # locked from its engine advance to its pokeEnd, so its pokes keep their order.
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as batches:
+                for start in range(0, len(groups), ADVANCE_BATCH):
+                    batches.start_soon(self._advance_batch, groups[start : start + ADVANCE_BATCH])
 
-    async def _advance_batch(self, groups: list[ClientGroup]) -> None:
-        if not groups:
-            return
-        patches = await self.engine_advance([g.id for g in groups])
-        prepared: list[tuple[ClientGroup, Prepared]] = []
-        for g in groups:
-            change = GroupChange()
-            g.absorb(change, patches[g.id])
-            p = g.prepare(change)
-            if p is not None:
-                prepared.append((g, p))
-        if not prepared:
-            return
-        for g, p in prepared:
-            g.send_head(p)
+    async def _advance_batch(self, batch: list[ClientGroup]) -> None:
+        held: list[ClientGroup] = []
+        for g in batch:
+            if g.try_lock():
+                held.append(g)
+            else:
+                self._defer_advance(g)
         try:
-            rejected = await self.store.flush([p.flush for _, p in prepared])
-        except CVRStoreUnavailable as e:
+            groups = [g for g in held if g.loaded]
+            if not groups:
+                return
+            patches = await self.engine_advance([g.id for g in groups])
+            prepared: list[tuple[ClientGroup, Prepared]] = []
+            for g in groups:
+                change = GroupChange()
+                g.absorb(change, patches[g.id])
+                p = g.prepare(change)
+                if p is not None:
+                    prepared.append((g, p))
+            if not prepared:
+                return
             for g, p in prepared:
-                g.cancel_poke(p)
-                g.store_failed(e)
-            return
-        for g, p in prepared:
-            g.finish(p, rejected=g.id in rejected)
+                g.send_head(p)
+            try:
+                rejected = await self.store.flush([p.flush for _, p in prepared])
+            except CVRStoreUnavailable as e:
+                for g, p in prepared:
+                    g.cancel_poke(p)
+                    g.store_failed(e)
+                return
+            for g, p in prepared:
+                g.finish(p, rejected=g.id in rejected)
+        finally:
+            for g in held:
+                g.unlock()
 
     def _defer_advance(self, group: ClientGroup) -> None:
         if group.advance_pending or self._nursery is None:
@@ -505,7 +512,10 @@ class ViewSyncerService:
                 handle.scope = nursery.cancel_scope
                 nursery.start_soon(_send_loop, handle, receive)
                 try:
-                    await self.refresh_replica_tables()
+                    # The tables change only with the replica: read again once it moved (not
+                    # once per connection, which queues an engine call behind every other).
+                    if self._replicator.versions.version != self._tables_seen:
+                        await self.refresh_replica_tables()
                     while True:
                         group = self._group(conn.params.client_group_id)
                         try:
