@@ -68,7 +68,7 @@ def _serve_with_embedded_postgres(config: zconfig.ZeroConfig, environ: Mapping[s
     # The server account must reach the data directory when we run as root.
     dev_dir.chmod(0o755)
     try:
-        cluster = EmbeddedPostgres(dev_dir / "pgdata")
+        cluster = EmbeddedPostgres(dev_dir / "pgdata", avoid_ports={config.port})
         cluster.start()
     except (PostgresNotFoundError, EmbeddedPostgresError) as e:
         print(f"zcache: cannot start the embedded PostgreSQL: {e}", file=sys.stderr)

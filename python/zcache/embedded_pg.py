@@ -47,7 +47,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -259,6 +259,7 @@ class EmbeddedPostgres:
         data_dir: Path | str,
         *,
         port: int = 0,
+        avoid_ports: Collection[int] = (),
         fsync: bool = True,
         settings: Mapping[str, str] | None = None,
         binaries: PgBinaries | None = None,
@@ -267,6 +268,7 @@ class EmbeddedPostgres:
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.requested_port = port
+        self.avoid_ports = frozenset(avoid_ports)
         self.fsync = fsync
         self.extra_settings = dict(settings or {})
         self.binaries = binaries or find_pg_binaries()
@@ -285,6 +287,7 @@ class EmbeddedPostgres:
         cls,
         *,
         port: int = 0,
+        avoid_ports: Collection[int] = (),
         settings: Mapping[str, str] | None = None,
         binaries: PgBinaries | None = None,
         start_timeout_s: float = 30.0,
@@ -301,6 +304,7 @@ class EmbeddedPostgres:
         cluster = cls(
             scratch / "data",
             port=port,
+            avoid_ports=avoid_ports,
             fsync=False,
             settings=settings,
             binaries=binaries,
@@ -355,9 +359,12 @@ class EmbeddedPostgres:
         if self._socket_dir is None:
             self._socket_dir = self._make_socket_dir()
         # An auto-picked port can be taken between picking and binding; pick again then.
+        # A port to avoid (the caller's own listener, not bound yet) counts as taken.
         attempts = 3 if self.requested_port == 0 else 1
         for attempt in range(attempts):
             port = self.requested_port or free_loopback_port()
+            while not self.requested_port and port in self.avoid_ports:
+                port = free_loopback_port()
             try:
                 self._start_postmaster(port)
                 return

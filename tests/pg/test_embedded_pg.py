@@ -70,6 +70,21 @@ def test_a_cluster_whose_postmaster_was_killed_starts_again() -> None:
     assert not first.data_dir.exists()
 
 
+def test_an_auto_picked_port_is_never_one_the_caller_avoids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zcache's dev default avoids its own listening port, picked free but not bound yet: the
+    kernel may hand that same port to the cluster (seen in CI as a failed listen)."""
+    import zcache.embedded_pg as embedded_pg
+
+    avoided = embedded_pg.free_loopback_port()
+    picks = iter([avoided, avoided])
+    real_pick = embedded_pg.free_loopback_port
+    monkeypatch.setattr(embedded_pg, "free_loopback_port", lambda: next(picks, None) or real_pick())
+    with EmbeddedPostgres.throwaway(avoid_ports={avoided}) as cluster:
+        assert cluster.port != avoided
+        with psycopg.connect(cluster.dsn()) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def running(pid: int) -> bool:
     """Whether `pid` is a live process (an exited one not yet reaped by init is a zombie, "Z")."""
     try:
