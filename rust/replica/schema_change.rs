@@ -153,6 +153,14 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
                         ),
                     });
                 }
+                if let Some(gone) = lost_enum_label(previous, column) {
+                    return Err(Error::ResyncRequired {
+                        reason: format!(
+                            "enum value {gone:?} of column {} of {} was renamed or dropped; upstream rows read differently",
+                            column.name, new_name
+                        ),
+                    });
+                }
                 if previous.name != column.name && ValueKind::for_column(column).is_supported() {
                     conn.execute_batch(&format!(
                         "ALTER TABLE {} RENAME COLUMN {} TO {}",
@@ -171,6 +179,13 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
         layout::create_primary_key(conn, new)?;
     }
     ReplicaTable::new(new.clone())
+}
+
+/// A label of the column's enum that the new schema no longer has (`ALTER TYPE … RENAME VALUE`):
+/// replica rows may hold it. Added labels change no row.
+fn lost_enum_label<'a>(previous: &'a ColumnSpec, column: &ColumnSpec) -> Option<&'a str> {
+    let (Some(old), Some(new)) = (&previous.enum_labels, &column.enum_labels) else { return None };
+    old.iter().find(|label| !new.contains(label)).map(String::as_str)
 }
 
 fn add_column(conn: &Connection, table: &str, column: &ColumnSpec, version: &str) -> Result<()> {
