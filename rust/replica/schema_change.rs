@@ -8,8 +8,9 @@
 //! What cannot, because upstream data changed without row changes in the stream: a table added to
 //! the publications with its existing rows, a column whose type changed (the table was
 //! rewritten; the shard's table_rewrite trigger reports every rewrite), a dropped primary-key
-//! column. Those fail with [`Error::ResyncRequired`]. A published table without a usable key
-//! is not replicated (its rows are skipped) until it gains one; if it was created empty in the
+//! column, an enum label renamed or dropped (rows read the new label without a row change).
+//! Those fail with [`Error::ResyncRequired`]. A published table without a usable key is not
+//! replicated (its rows are skipped) until it gains one; if it was created empty in the
 //! stream and no rows were seen, it is then created in place, otherwise a resync copies it.
 
 use std::collections::HashMap;
