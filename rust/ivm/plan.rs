@@ -1570,6 +1570,7 @@ pub(crate) mod tests {
             not_null: false,
             has_missing: false,
             missing: None,
+            enum_labels: None,
         }
     }
 

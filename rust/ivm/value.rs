@@ -509,6 +509,7 @@ mod tests {
             not_null: true,
             has_missing: false,
             missing: None,
+            enum_labels: None,
         };
         let table = ReplicaTable::new(TableSpec {
             oid: 1,

@@ -66,4 +66,8 @@ pub struct ColumnSpec {
     pub not_null: bool,
     pub has_missing: bool,
     pub missing: Option<serde_json::Value>,
+    /// The labels of an enum column's type (of its element type for an enum array), in sort
+    /// order; `None` for other columns and in specs recorded before labels were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enum_labels: Option<Vec<String>>,
 }

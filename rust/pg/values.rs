@@ -1610,6 +1610,7 @@ mod tests {
             not_null: false,
             has_missing: false,
             missing: None,
+            enum_labels: None,
         }
     }
 

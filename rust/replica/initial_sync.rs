@@ -403,6 +403,7 @@ mod tests {
             not_null: false,
             has_missing: false,
             missing: None,
+            enum_labels: None,
         }
     }
 

@@ -8,8 +8,9 @@
 //! What cannot, because upstream data changed without row changes in the stream: a table added to
 //! the publications with its existing rows, a column whose type changed (the table was
 //! rewritten; the shard's table_rewrite trigger reports every rewrite), a dropped primary-key
-//! column. Those fail with [`Error::ResyncRequired`]. A published table without a usable key
-//! is not replicated (its rows are skipped) until it gains one; if it was created empty in the
+//! column, an enum label renamed or dropped (rows read the new label without a row change).
+//! Those fail with [`Error::ResyncRequired`]. A published table without a usable key is not
+//! replicated (its rows are skipped) until it gains one; if it was created empty in the
 //! stream and no rows were seen, it is then created in place, otherwise a resync copies it.
 
 use std::collections::HashMap;
@@ -153,6 +154,14 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
                         ),
                     });
                 }
+                if let Some(gone) = lost_enum_label(previous, column) {
+                    return Err(Error::ResyncRequired {
+                        reason: format!(
+                            "enum value {gone:?} of column {} of {} was renamed or dropped; upstream rows read differently",
+                            column.name, new_name
+                        ),
+                    });
+                }
                 if previous.name != column.name && ValueKind::for_column(column).is_supported() {
                     conn.execute_batch(&format!(
                         "ALTER TABLE {} RENAME COLUMN {} TO {}",
@@ -171,6 +180,13 @@ fn alter_table(conn: &Connection, old: &ReplicaTable, new: &TableSpec, version: 
         layout::create_primary_key(conn, new)?;
     }
     ReplicaTable::new(new.clone())
+}
+
+/// A label of the column's enum that the new schema no longer has (`ALTER TYPE … RENAME VALUE`):
+/// replica rows may hold it. Added labels change no row.
+fn lost_enum_label<'a>(previous: &'a ColumnSpec, column: &ColumnSpec) -> Option<&'a str> {
+    let (Some(old), Some(new)) = (&previous.enum_labels, &column.enum_labels) else { return None };
+    old.iter().find(|label| !new.contains(label)).map(String::as_str)
 }
 
 fn add_column(conn: &Connection, table: &str, column: &ColumnSpec, version: &str) -> Result<()> {

@@ -223,6 +223,7 @@ mod tests {
             not_null: true,
             has_missing: false,
             missing: None,
+            enum_labels: None,
         };
         ReplicaTable::new(TableSpec {
             oid: 1,

@@ -60,6 +60,7 @@ def column(
     elem_kind: str | None = None,
     has_missing: bool = False,
     missing: Any = None,
+    enum_labels: list[str] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -73,6 +74,7 @@ def column(
         "notNull": not_null,
         "hasMissing": has_missing,
         "missing": missing,
+        "enumLabels": enum_labels,
     }
 
 
@@ -526,9 +528,9 @@ def test_published_schema_resolves_domains_enums_and_arrays(pg_conn: Conn) -> No
         # "gone" (2) was dropped; "g" (generated, 11) is never replicated.
         column("p", 3, oid("positive"), "positive", False, kind="d", base=23),
         column("sp", 4, oid("small_positive"), "small_positive", False, kind="d", base=23),
-        column("m", 5, mood, "mood", True, kind="e"),
+        column("m", 5, mood, "mood", True, kind="e", enum_labels=["sad", "happy"]),
         column("nums", 6, 1007, "_int4", False, elem=23, elem_kind="b"),
-        column("moods", 7, mood_array, "_mood", False, elem=mood, elem_kind="e"),
+        column("moods", 7, mood_array, "_mood", False, elem=mood, elem_kind="e", enum_labels=["sad", "happy"]),
         column("il", 8, oid("int_list"), "int_list", False, kind="d", base=1007, elem=23, elem_kind="b"),
         # name and point have a typelem but are not arrays.
         column("n", 9, 19, "name", False),

@@ -8,7 +8,7 @@
 3. Tables are copied in parallel (`ZERO_INITIAL_SYNC_TABLE_COPY_WORKERS` connections, each in a
    REPEATABLE READ transaction on the exported snapshot), largest first, with
    `COPY … TO STDOUT (FORMAT binary)`. Each worker thread reads CopyData messages with libpq and
-   hands them to Rust in batches (`_native.InitialSync.copy_chunks`, GIL released), which queues
+   hands them to Rust in 1 MiB buffers (`_native.InitialSync.copy_chunks`, GIL released), which queues
    them for Rust's writer thread: it decodes and inserts into a staging SQLite file while the
    workers go on reading (a bounded queue: they wait when the writer falls behind).
 4. Rust builds the indexes, records the replication config and state, and renames the staging file
@@ -37,9 +37,10 @@ from zcache.change_source import upstream
 
 log = logging.getLogger("zcache.initial_sync")
 
-# CopyData messages handed to Rust per call: large enough to amortise the call, small enough to
-# keep the worker's memory flat.
-_CHUNKS_PER_CALL = 4096
+# Bytes of COPY output handed to Rust per call: large enough to amortise the call, small enough to
+# keep the worker's memory flat. Postgres sends a CopyData message per row, so the messages are
+# appended to one buffer (no object per row survives the loop).
+_BYTES_PER_CALL = 1 << 20
 _PROGRESS_INTERVAL_S = 2.0
 
 
@@ -117,18 +118,18 @@ def _copy_table(dsn: str, snapshot: str, sync: _native.InitialSync, oid: int, pr
         if result is None or result.status != pq.ExecStatus.COPY_OUT:
             message = result.error_message.decode(errors="replace") if result is not None else "no result"
             raise InitialSyncError(f"{statement} failed: {message.strip()}")
-        chunks: list[bytes] = []
+        data = bytearray()
         get_copy_data = pg.get_copy_data
         while True:
-            n, buffer = get_copy_data(0)
+            n, message = get_copy_data(0)
             if n < 0:
                 break
-            chunks.append(bytes(buffer))
-            if len(chunks) >= _CHUNKS_PER_CALL:
-                sync.copy_chunks(oid, chunks)
-                chunks = []
-        if chunks:
-            sync.copy_chunks(oid, chunks)
+            data += message
+            if len(data) >= _BYTES_PER_CALL:
+                sync.copy_chunks(oid, [data])
+                data = bytearray()
+        if data:
+            sync.copy_chunks(oid, [data])
         while (result := pg.get_result()) is not None:
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise InitialSyncError(f"{statement} failed: {result.error_message.decode(errors='replace').strip()}")

@@ -872,7 +872,11 @@ FROM (
         'elemTypeKind', elem.typtype::text,
         'notNull', a.attnotnull,
         'hasMissing', a.atthasmissing,
-        'missing', CASE WHEN a.atthasmissing THEN array_to_json(a.attmissingval) -> 0 END
+        'missing', CASE WHEN a.atthasmissing THEN array_to_json(a.attmissingval) -> 0 END,
+        -- An enum's labels (of the element for an enum array): RENAME VALUE changes what every
+        -- row reads without a row change, and only shows in the schema through them.
+        'enumLabels', (SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e
+                       WHERE e.enumtypid = COALESCE(elem.oid, bt.oid))
       ) ORDER BY a.attnum), '[]'::json) AS columns
     FROM pg_attribute a
     JOIN pg_type ty ON ty.oid = a.atttypid
