@@ -248,6 +248,28 @@ async def test_view_syncer_errors_reach_the_client_with_their_kind(nursery: trio
     assert (await http_get(edge.port, "/"))[0] == 200  # the server lives on
 
 
+async def test_queued_pokes_reach_the_client_whole_and_in_order_before_the_error(nursery: trio.Nursery) -> None:
+    """The writer joins what is queued into one socket write: every frame still arrives, in order,
+    and a close queued behind them comes last."""
+    edge = await run_edge(nursery, settings=EdgeSettings(outbox_capacity=64))
+    burst = ["initConnection", {"desiredQueriesPatch": [{"op": "put", "hash": "burst-then-fail:200"}]}]
+    async with open_ws(edge, connect_query(), subprotocol(burst)) as ws:
+        messages, code, _ = await receive_until_closed(ws, timeout_s=10)
+    assert code == 1005
+    assert messages[-1] == ["error", {"kind": "Internal", "message": "after the burst", "origin": "zeroCache"}]
+    pokes = messages[messages.index(["pokeEnd", {"pokeID": "00:01", "cookie": "00:01"}]) + 1 : -1]
+    expected = [
+        frame
+        for i in range(200)
+        for frame in (
+            ["pokeStart", {"pokeID": f"b{i}", "baseCookie": None}],
+            ["pokePart", {"pokeID": f"b{i}", "n": i}],
+            ["pokeEnd", {"pokeID": f"b{i}", "cookie": f"b{i}"}],
+        )
+    ]
+    assert pokes == expected
+
+
 async def test_a_failure_while_the_inbox_is_full_reaches_the_client(nursery: trio.Nursery) -> None:
     """The reader is blocked on the full inbox when the view syncer fails and stays busy: the
     error and the close still go out, and the connection ends once the view syncer returns."""

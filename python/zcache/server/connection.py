@@ -58,6 +58,8 @@ log = logging.getLogger("zcache.connection")
 OUTBOX_CAPACITY: Final = 64
 # A client whose outbox stays full this long, or that takes this long to accept one frame, is dropped.
 SLOW_CLIENT_TIMEOUT_S: Final = 30.0
+# Queued downstream frames joined into one socket write, up to about this many characters.
+WRITE_COALESCE_BYTES: Final = 256 * 1024
 # Upstream messages queued for the view syncer before the reader stops reading (backpressure).
 INBOX_CAPACITY: Final = 16
 IDLE_PONG_AFTER_S: Final = 6.0
@@ -354,17 +356,20 @@ class _Session:
         try:
             async for item in conn._outbox_receive:
                 if isinstance(item, _Close):
+                    close: _Close | None = item
+                else:
+                    frames, close = self._take_ready(list(item))
+                    if not await self._write_frames(frames):
+                        return
+                    conn._last_sent = trio.current_time()
+                if close is not None:
                     # Nothing more goes to the view syncer; a reader blocked on a full inbox reads
                     # on, and so sees the peer's close frame.
                     self.inbox_send.close()
-                    if item.error is not None and not await self._write_frame(item.error):
+                    if close.error is not None and not await self._write_frames([close.error]):
                         return
-                    await self.ws.close(item.code, item.reason)
+                    await self.ws.close(close.code, close.reason)
                     return
-                for frame in item:
-                    if not await self._write_frame(frame):
-                        return
-                    conn._last_sent = trio.current_time()
         except WebSocketClosed:
             pass
         finally:
@@ -373,11 +378,27 @@ class _Session:
             # Unblocks a reader waiting for room in the inbox, so that it reads on to the close.
             self.inbox_send.close()
 
-    async def _write_frame(self, frame: str) -> bool:
-        """Writes one frame; False when the client took longer than the slow-client deadline to
-        accept it (it is then dropped: a frame cut in the middle leaves nothing else to do)."""
+    def _take_ready(self, frames: list[str]) -> tuple[list[str], _Close | None]:
+        """Adds what else is already queued (up to WRITE_COALESCE_BYTES) to one write: under a
+        fan-out each socket has several pokes waiting, and one system call per frame dominated."""
+        size = sum(len(f) for f in frames)
+        while size < WRITE_COALESCE_BYTES:
+            try:
+                item = self.conn._outbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(item, _Close):
+                return frames, item
+            frames.extend(item)
+            size += sum(len(f) for f in item)
+        return frames, None
+
+    async def _write_frames(self, frames: list[str]) -> bool:
+        """Writes frames in one go; False when the client took longer than the slow-client
+        deadline to accept them (it is then dropped: a frame cut in the middle leaves nothing else
+        to do)."""
         with trio.move_on_after(self.edge.settings.slow_client_timeout_s):
-            await self.ws.send_text(frame)
+            await self.ws.send_texts(frames)
             return True
         await self.conn._drop_slow_client()
         return False

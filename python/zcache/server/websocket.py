@@ -5,7 +5,7 @@ bytes to wsproto and returns a `PendingUpgrade` to accept (101, echoing the chos
 or that already answered 400 when the request is no valid WebSocket handshake.
 
 `ServerWebSocket` is used by two tasks at most: one reader (`receive_message`) and any number of
-writers (`send_text`, serialised by a lock). Closing follows RFC 6455 from the server side: send
+writers (`send_text`/`send_texts`, serialised by a lock). Closing follows RFC 6455 from the server side: send
 the close frame (a `None` code sends none, which the peer reports as 1005, as zero-cache does after
 an `error` message), wait a bounded time for the peer's close frame (the reader sees it), then
 close the TCP stream.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -116,13 +117,18 @@ class ServerWebSocket:
         """Raises WebSocketClosed once the socket is closing."""
         await self._send(TextMessage(data=text))
 
-    async def _send(self, event: TextMessage | Pong | CloseConnection) -> None:
+    async def send_texts(self, texts: Sequence[str]) -> None:
+        """Several messages in one write to the stream (one system call, not one per frame: a poke
+        is three messages or more). Raises WebSocketClosed once the socket is closing."""
+        await self._send(*(TextMessage(data=text) for text in texts))
+
+    async def _send(self, *events: TextMessage | Pong | CloseConnection) -> None:
         async with self._send_lock:
-            if self._closed is not None and not isinstance(event, CloseConnection):
+            if self._closed is not None and not isinstance(events[0], CloseConnection):
                 raise self._closed
             if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 raise self._closed or WebSocketClosed(1006)
-            data = self._ws.send(event)
+            data = b"".join(self._ws.send(event) for event in events)
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
