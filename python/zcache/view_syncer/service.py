@@ -37,6 +37,8 @@ development`: inspector requests need no admin password; default from the enviro
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -413,6 +415,7 @@ class ViewSyncerService:
         while True:
             await trio.sleep(TICK_S)
             now = trio.current_time()
+            retired = False
             for g in list(self.groups.values()):
                 if g.connections and g.loaded:
                     expiry = g.next_expiry()
@@ -423,10 +426,20 @@ class ViewSyncerService:
                         try:
                             if not g.connections:
                                 g.retire()
+                                retired = True
                                 if self.groups.get(g.id) is g:
                                     del self.groups[g.id]
                         finally:
                             g.unlock()
+            if retired:
+                await self._release_retired_groups()
+
+    async def _release_retired_groups(self) -> None:
+        """The engine drops retired groups at its next call, which may not come for a long time
+        without upstream writes: make that call now, then give the freed heap back to the OS."""
+        if self._engine is not None:
+            await self._in_engine(lambda engine: None)
+        await trio.to_thread.run_sync(_release_free_heap)
 
     async def _retransform_loop(self) -> None:
         interval = self.config.auth.retransform_interval_seconds
@@ -614,6 +627,24 @@ class ViewSyncerService:
             "loaded_client_groups": sum(1 for g in self.groups.values() if g.loaded),
             "connections": sum(len(g.connections) for g in self.groups.values()),
         }
+
+
+def _release_free_heap() -> None:
+    """glibc keeps freed memory in its arenas for reuse; `malloc_trim` returns their free pages
+    (after 1,000 client groups left, about 45 MB of 190). Other C libraries: nothing to do."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_glibc()
 
 
 def _patch(patch: bytes) -> Patch:
