@@ -9,6 +9,8 @@ import json
 import psycopg
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from zcache.cvr import (
     CatchupRow,
@@ -22,7 +24,7 @@ from zcache.cvr import (
     cvr_schema,
 )
 from zcache import _native
-from zcache.cvr.store import now_ms
+from zcache.cvr.store import _array_literal, now_ms
 
 
 def store(dsn: str, owner: str = "task-a") -> CVRStore:
@@ -36,6 +38,27 @@ def instance(group: str, version: CVRVersion, **kw: object) -> InstanceRecord:
 def key(**k: object) -> str:
     (text,) = _native.canonical_json([json.dumps(k)])
     return text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(st.none() | st.text(), max_size=8),
+    floats=st.lists(st.none() | st.floats() | st.integers(min_value=-(2**53), max_value=2**53), max_size=8),
+    bools=st.lists(st.none() | st.booleans(), max_size=8),
+)
+def test_array_literals_read_back_as_the_values(
+    pg_conn: psycopg.Connection, texts: list[str | None], floats: list[float | None], bools: list[bool | None]
+) -> None:
+    """The flush statement's array parameters are literals we write: any text (quotes, backslashes,
+    braces, "NULL", empty), any float (infinities, NaN) and NULLs read back unchanged."""
+    texts = [t.replace("\x00", "") if t is not None else None for t in texts]  # Postgres text has no NUL
+    row = pg_conn.execute(
+        "SELECT %s::text[], %s::float8[], %s::bool[]", [_array_literal(texts), _array_literal(floats), _array_literal(bools)]
+    ).fetchone()
+    assert row is not None
+    got_texts, got_floats, got_bools = row
+    assert got_texts == texts and got_bools == bools
+    assert [None if f is None else repr(float(f)) for f in got_floats] == [None if f is None else repr(float(f)) for f in floats]
 
 
 def test_versions_order_as_cookies() -> None:

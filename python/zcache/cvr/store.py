@@ -525,4 +525,25 @@ def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
     put, dels, _, _ = _native.cvr_row_arrays(old)
     p["put_g"], p["put_t"], p["put_k"], p["put_v"], p["put_p"] = put
     p["del_g"], p["del_t"], p["del_k"], p["del_p"] = dels
+    for key, value in p.items():
+        if isinstance(value, list):
+            p[key] = _array_literal(value)
     return p
+
+
+def _array_literal(values: list[str | int | float | bool | None]) -> str:
+    """A Postgres array literal (the statement casts it): psycopg's list adaptation escapes each
+    element with regular expressions, which was a quarter of the server's CPU in a fan-out."""
+    return "{" + ",".join(map(_array_element, values)) + "}"
+
+
+def _array_element(value: str | int | float | bool | None) -> str:
+    if value is None:
+        return "NULL"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
