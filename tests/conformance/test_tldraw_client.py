@@ -111,9 +111,11 @@ def _workdir(install: AppServerInstall, path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("compression", [False, True], ids=["plain", "permessage-deflate"])
 async def test_tldraw_views_of_a_real_client_follow_upstream(
-    nursery: trio.Nursery, app_server_install: AppServerInstall, pg_dsn: str, tmp_path: Path
+    nursery: trio.Nursery, app_server_install: AppServerInstall, pg_dsn: str, tmp_path: Path, compression: bool
 ) -> None:
+    """With ZERO_WEBSOCKET_COMPRESSION too: Node's WebSocket offers permessage-deflate."""
     seed(pg_dsn)
     with run_tldraw_app(app_server_install, pg_dsn, tmp_path / "app") as app, psycopg.connect(pg_dsn, autocommit=True) as conn:
         config = load_config(
@@ -126,6 +128,7 @@ async def test_tldraw_views_of_a_real_client_follow_upstream(
                 "ZERO_QUERY_URL": f"{app.url}/query",
                 "ZERO_MUTATE_URL": app.mutate_url,
                 "ZERO_LOG_LEVEL": "warn",
+                "ZERO_WEBSOCKET_COMPRESSION": str(compression).lower(),
             },
         )
         server = await nursery.start(lambda task_status: serve(config, task_status=task_status))
@@ -141,6 +144,7 @@ async def test_tldraw_views_of_a_real_client_follow_upstream(
         try:
             first = await driver.call({"expect": expected(conn, "alice")})
             assert first["ok"], first
+            assert [c.compressed for c in server.connections.connections()] == [compression]
             assert expected(conn, "alice") == {"ownedFiles": ["f1", "f2"], "sharedWithMe": ["f3"], "myFiles": ["f1", "f2", "f3"]}
             shared = first["views"]["sharedWithMe"]["rows"]
             assert shared[0]["name"] == "Bob board" and shared[0]["owner"]["name"] == "Bob"

@@ -130,6 +130,11 @@ class ClientConnection:
         self._last_sent = trio.current_time()
 
     @property
+    def compressed(self) -> bool:
+        """Whether frames to and from this client are compressed (permessage-deflate)."""
+        return self._ws.compressed
+
+    @property
     def closing(self) -> bool:
         return self._closing
 

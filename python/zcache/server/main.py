@@ -50,6 +50,7 @@ class RunningServer:
 
     port: int
     stop: Callable[[], Awaitable[None]]  # the graceful shutdown that SIGINT/SIGTERM also run
+    connections: ConnectionRegistry  # the open client sockets
 
 
 class _Shutdown:
@@ -111,10 +112,11 @@ async def serve(
                 cvr_dsn=config.cvr.db or config.upstream.db,
             )
             await nursery.start(view_syncers.run)
+            connections = ConnectionRegistry()
             edge = Edge(
                 verifier,
                 view_syncers,
-                ConnectionRegistry(),
+                connections,
                 edge_settings or EdgeSettings(),
                 compression=config.websocket_compression,
             )
@@ -133,7 +135,7 @@ async def serve(
                 replicator.statistics().state_version,
                 port,
             )
-            task_status.started(RunningServer(port, shutdown.stop))
+            task_status.started(RunningServer(port, shutdown.stop, connections))
     finally:
         with trio.CancelScope(shield=True):
             await http.aclose()

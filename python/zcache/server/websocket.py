@@ -66,10 +66,12 @@ class PendingUpgrade:
     max_message_bytes: int
 
     async def accept(self, subprotocol: str | None, *, compression: bool = False) -> ServerWebSocket:
+        """Answers 101; with `compression`, permessage-deflate is used when the client offers it."""
         extensions = [PerMessageDeflate()] if compression else []
         data = self.connection.send(AcceptConnection(subprotocol=subprotocol, extensions=extensions))
         await self.stream.send_all(data)
-        return ServerWebSocket(self.stream, self.connection, self.max_message_bytes)
+        offered = any(str(e).split(";")[0].strip() == PerMessageDeflate.name for e in self.request.extensions)
+        return ServerWebSocket(self.stream, self.connection, self.max_message_bytes, compressed=compression and offered)
 
 
 async def upgrade(stream: trio.abc.Stream, head: bytes, *, max_message_bytes: int) -> PendingUpgrade | None:
@@ -92,7 +94,8 @@ async def upgrade(stream: trio.abc.Stream, head: bytes, *, max_message_bytes: in
 
 
 class ServerWebSocket:
-    def __init__(self, stream: trio.abc.Stream, connection: wsproto.WSConnection, max_message_bytes: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, connection: wsproto.WSConnection, max_message_bytes: int, *, compressed: bool = False) -> None:
+        self.compressed = compressed  # permessage-deflate was negotiated
         self._stream = stream
         self._ws = connection
         self._max_message_bytes = max_message_bytes
