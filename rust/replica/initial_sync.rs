@@ -11,7 +11,10 @@
 //!
 //! One writer thread owns the staging file: [`InitialSync::copy_chunks`] queues the chunks of
 //! any table (from any thread) on a bounded queue and returns, so the callers keep reading from
-//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. Rows are
+//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. The callers
+//! are normally [`InitialSync::copy_tables`]'s worker threads, which read the COPY output from
+//! Postgres themselves ([`crate::pg::upstream`]); Python feeds chunks only when that path cannot
+//! connect as psycopg does (TLS). Rows are
 //! inserted `ROWS_PER_INSERT` at a time by one multi-row `INSERT`, which costs SQLite far less
 //! per row than a statement per row. Meanwhile a flusher thread has the kernel write the staging
 //! file out every `FLUSH_INTERVAL`, so the final fsync does not start writing the whole replica
@@ -20,7 +23,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +34,7 @@ use rusqlite::{params, Connection};
 use crate::error::{Error, Result};
 use crate::pg::copy::CopyDecoder;
 use crate::pg::schema::PublishedSchema;
+use crate::pg::upstream::{ConnectParams, SnapshotReader};
 use crate::pg::values::{decode_binary_ref, SqlValueRef, ValueKind};
 use crate::replica::layout::{self, quote_ident, METADATA_DDL};
 use crate::replica::table::ReplicaTable;
@@ -95,10 +99,11 @@ struct Failure {
 
 impl Failure {
     fn record(&self, error: Option<Error>) {
-        self.stopped.store(true, Ordering::SeqCst);
+        // The error first: whoever sees `stopped` must find it.
         if let (Some(error), Ok(mut slot)) = (error, self.error.lock()) {
             slot.get_or_insert(error);
         }
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     fn take(&self) -> Error {
@@ -132,6 +137,7 @@ pub struct InitialSync {
     failure: Arc<Failure>,
     copy_statements: HashMap<u32, String>,
     rows: Arc<AtomicU64>,
+    tables_done: AtomicU64,
     staging_path: PathBuf,
     config: ReplicaConfig,
     schema: PublishedSchema,
@@ -191,6 +197,7 @@ impl InitialSync {
             failure,
             copy_statements,
             rows,
+            tables_done: AtomicU64::new(0),
             staging_path: staging_path.to_owned(),
             config,
             schema,
@@ -223,6 +230,63 @@ impl InitialSync {
         let (reply, answer) = sync_channel(1);
         self.jobs.send(Job::FinishTable { oid, reply }).map_err(|_| self.failure.take())?;
         answer.recv().map_err(|_| self.failure.take())?
+    }
+
+    /// Copies the tables `oids` straight from Postgres into the staging file, in this order,
+    /// `workers` at a time, each worker on its own connection importing `snapshot` (the one the
+    /// slot exported). Returns when every table is in, or with the first error (the other workers
+    /// stop at their next chunk).
+    pub fn copy_tables(&self, params: &ConnectParams, snapshot: &str, oids: &[u32], workers: usize) -> Result<()> {
+        if let Some(&oid) = oids.iter().find(|oid| !self.copy_statements.contains_key(oid)) {
+            return Err(unknown_table(oid));
+        }
+        let next = AtomicUsize::new(0);
+        let abort = AtomicBool::new(false);
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..workers.clamp(1, oids.len().max(1)) {
+                scope.spawn(|| {
+                    if let Err(e) = self.copy_worker(params, snapshot, oids, &next, &abort) {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        abort.store(true, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        match first_error.into_inner() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(Error::Protocol { detail: "an initial sync copy worker panicked".into() }),
+        }
+    }
+
+    /// One copy worker: takes the next table until none is left or another worker failed.
+    fn copy_worker(&self, params: &ConnectParams, snapshot: &str, oids: &[u32], next: &AtomicUsize, abort: &AtomicBool) -> Result<()> {
+        let mut connection: Option<SnapshotReader> = None;
+        while !abort.load(Ordering::SeqCst) {
+            let Some(&oid) = oids.get(next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
+            let reader = match &mut connection {
+                Some(reader) => reader,
+                None => connection.insert(SnapshotReader::connect(params, snapshot)?),
+            };
+            reader.copy(&self.copy_statements[&oid], |data| {
+                if abort.load(Ordering::SeqCst) {
+                    return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
+                }
+                self.copy_chunks(oid, data)
+            })?;
+            self.finish_table(oid)?;
+            self.tables_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Tables completely copied by [`InitialSync::copy_tables`] so far.
+    #[must_use]
+    pub fn tables_done(&self) -> u64 {
+        self.tables_done.load(Ordering::Relaxed)
     }
 
     /// Rows inserted so far, over all tables.
