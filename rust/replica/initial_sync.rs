@@ -1,8 +1,9 @@
 //! Builds a new replica from the initial copy of every published table.
 //!
 //! The copy goes into a staging file next to the replica (`<replica>.staging`), written without a
-//! journal (a crash leaves only a staging file, which the next attempt deletes). `finish` builds the
-//! primary-key indexes, records the replication config and state, switches the file to WAL, makes
+//! journal (a crash leaves only a staging file, which the next attempt deletes). Each table's
+//! primary-key index is built as soon as its last row is in (while the other tables' COPY goes on
+//! in Postgres); `finish` records the replication config and state, switches the file to WAL, makes
 //! it durable and renames it over the replica in one step, so the replica path holds either the
 //! previous replica or a complete new one, never half of one.
 //!
@@ -33,7 +34,7 @@ use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::pg::copy::CopyDecoder;
-use crate::pg::schema::PublishedSchema;
+use crate::pg::schema::{PublishedSchema, TableSpec};
 use crate::pg::upstream::{ConnectParams, SnapshotReader};
 use crate::pg::values::{decode_binary_ref, SqlValueRef, ValueKind};
 use crate::replica::layout::{self, quote_ident, METADATA_DDL};
@@ -46,8 +47,9 @@ const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
 const QUEUED_CALLS: usize = 8;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// SQLite's page cache while building the indexes, in KiB: the index sorter keeps this much in
-/// memory before it spills sorted runs to temporary files and merges them.
+/// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
+/// memory before it spills sorted runs to temporary files and merges them. Only while building:
+/// during the copy the pages are appended and written out, a large cache only costs memory.
 const INDEX_CACHE_KIB: i64 = 32 * 1024;
 
 /// Identity of the replica being built, recorded in `_zcache_replication_config`.
@@ -72,6 +74,9 @@ struct PendingRows {
 }
 
 struct TableCopy {
+    spec: TableSpec,
+    /// Its primary-key index is built (right after its last row, see [`Staging::run`]).
+    indexed: bool,
     table: ReplicaTable,
     kinds: Vec<ValueKind>,
     decoder: CopyDecoder,
@@ -147,6 +152,8 @@ impl InitialSync {
     pub fn create(staging_path: &Path, schema: PublishedSchema, config: ReplicaConfig) -> Result<Self> {
         remove_database_files(staging_path)?;
         let conn = Connection::open(staging_path)?;
+        // No `PRAGMA threads` for the index sorter: on two cores it added ~40 MB of peak RSS and
+        // no speed (bench/README.md, Replication).
         conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;")?;
         conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch(METADATA_DDL)?;
@@ -161,6 +168,8 @@ impl InitialSync {
             let rows_per_insert = (MAX_PARAMETERS / kinds.len().max(1)).clamp(1, ROWS_PER_INSERT);
             copy_statements.insert(spec.oid, table.copy_statement());
             let mut copy = TableCopy {
+                spec: spec.clone(),
+                indexed: false,
                 decoder: CopyDecoder::new(kinds.len()),
                 table,
                 kinds,
@@ -305,9 +314,10 @@ impl InitialSync {
             Err(_) => return Err(Error::Protocol { detail: "the initial sync's writer panicked".into() }),
         };
         let conn = staging.conn;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
         for spec in &schema.tables {
-            layout::create_primary_key(&conn, spec)?;
+            if !staging.copies.get(&spec.oid).is_some_and(|c| c.indexed) {
+                layout::create_primary_key(&conn, spec)?;
+            }
         }
         let version = lexi_version(config.consistent_point);
         conn.execute(
@@ -373,6 +383,12 @@ impl Staging {
                     if failed {
                         return Err(stopped());
                     }
+                    // The table is complete: its index is built now, while the other tables'
+                    // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
+                    if let Err(e) = self.index_table(oid) {
+                        failure.record(Some(e));
+                        return Err(stopped());
+                    }
                 }
             }
         }
@@ -398,6 +414,17 @@ impl Staging {
             Ok(())
         })?;
         self.rows.fetch_add(copy.rows - before, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn index_table(&mut self, oid: u32) -> Result<()> {
+        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+        if !copy.indexed {
+            self.conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
+            layout::create_primary_key(&self.conn, &copy.spec)?;
+            self.conn.execute_batch("PRAGMA cache_size = -2000;")?;
+            copy.indexed = true;
+        }
         Ok(())
     }
 

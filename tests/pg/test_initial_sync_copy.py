@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import sqlite3
 from collections.abc import Iterator
@@ -118,3 +119,26 @@ def socket_that_refuses() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("path", ["rust", "psycopg"])
+async def test_run_initial_sync_copies_through_either_path(
+    pg_dsn: str,
+    pg_conn: psycopg.Connection[Any],
+    items: upstream.ShardSetup,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    if path == "psycopg":
+        # As for an upstream connection with TLS, which the Rust copier does not speak.
+        monkeypatch.setattr(initial_sync, "_rust_connect_params", lambda conn: None)
+    caplog.set_level(logging.INFO, "zcache.initial_sync")
+    report = await initial_sync.run_initial_sync(pg_dsn, items, tmp_path / "r.db", copy_workers=2)
+    assert report.rows == 5000 + 1  # plus the one row of the shard's metadata tables
+    fell_back = [r for r in caplog.records if "copying through psycopg" in r.getMessage()]
+    assert len(fell_back) == (1 if path == "psycopg" else 0)
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        rows = dict(db.execute('SELECT "id", "label" FROM "item"').fetchall())
+    assert rows == {i: f"row {i}" for i in range(1, 5001)}
