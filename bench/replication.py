@@ -1,6 +1,6 @@
 """Replication benchmarks: initial sync, streaming (large and single-row transactions), memory.
 
-    .venv/bin/python bench/replication.py [--scale 1|10] [--repeat N] [--json out.json]
+    .venv/bin/python bench/replication.py [--scale 1|10] [--repeat N] [--json out.json] [--initial-sync-only]
 
 Everything runs on a throwaway PostgreSQL cluster (the system PostgreSQL binaries, fsync ON and
 synchronous_commit ON, as in the reference figures) in a temporary directory that is removed at
@@ -959,11 +959,15 @@ class Bench:
 
     # -- the whole run
 
-    def run(self) -> None:
+    def run(self, *, initial_sync_only: bool = False) -> None:
         self.set_up()
         self.copy_ceiling()
         self.initial_sync()
         self.restart()
+        if initial_sync_only:
+            self.stop_zcache()
+            self.results["background_cores_after"] = round(background_cores(), 2)
+            return
         self.results["stream_large_update"] = self.stream_large("update")
         self.results["stream_large_insert"] = self.stream_large("insert")
         self.results["stream_single"] = self.stream_single()
@@ -1036,6 +1040,8 @@ def build_table(r: dict[str, Any], scale: int) -> list[tuple[str, str, str, str,
     rs = r["restart"]["launch_to_ready_s"]
     rows.append(("restart, replica present: launch → ready", fmt_range(rs),
                  f"zero-cache {ref_range(*ref['restart_s'])}", ratio_range(rs["median"], *ref["restart_s"]), ""))
+    if "stream_single" not in r:
+        return rows  # --initial-sync-only
     for kind in ("update", "insert"):
         s = r[f"stream_large_{kind}"]
         what = "UPDATE (old+new rows)" if kind == "update" else "INSERT"
@@ -1112,6 +1118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for other work on the machine to stop (< 0.25 cores)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster, replica and logs")
+    parser.add_argument("--initial-sync-only", action="store_true",
+                        help="only the COPY baselines, the initial sync and the restart (no streaming phases)")
     args = parser.parse_args(argv)
 
     parent = args.workdir or Path(tempfile.gettempdir())
@@ -1123,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_quiet(args.wait_quiet)
     started = dt.datetime.now(dt.timezone.utc)
     try:
-        bench.run()
+        bench.run(initial_sync_only=args.initial_sync_only)
     except BaseException:
         say(f"failed; logs are in {workdir}")
         args.keep = True

@@ -39,6 +39,10 @@ pub enum Error {
     /// sync (a resync) is needed.
     #[error("the replica must be resynced: {reason}")]
     ResyncRequired { reason: String },
+    /// Talking to upstream Postgres failed (connecting, authenticating, importing the snapshot,
+    /// copying); `detail` names the server and what to check.
+    #[error("upstream error: {detail}")]
+    Upstream { detail: String },
     /// The replica's SQLite file failed.
     #[error("replica database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -132,6 +136,7 @@ impl Error {
             Error::Protocol { .. } => "ReplicationProtocolError",
             Error::Schema { .. } => "SchemaError",
             Error::ResyncRequired { .. } => "ResyncRequiredError",
+            Error::Upstream { .. } => "UpstreamError",
             Error::Sqlite(_) | Error::Io(_) => "ReplicaStorageError",
             Error::InvalidQuery { .. } => "InvalidQueryError",
             Error::UnknownQuery { .. } => "UnknownQueryError",

@@ -77,6 +77,10 @@ class ResyncRequiredError(NativeError):
     change, a table added to the publications with its rows, a schema change without a DDL
     event): a new initial sync is needed."""
 
+class UpstreamError(NativeError):
+    """Talking to upstream Postgres failed: connecting, authenticating, importing the exported
+    snapshot or copying. The message names the server (``user@host:port/db``) and what to check."""
+
 class ReplicaStorageError(NativeError):
     """The replica's SQLite file, or a file operation on it, failed."""
 
@@ -174,6 +178,26 @@ class InitialSync:
         """Queue these chunks of table ``oid``'s COPY output (any chunking) for Rust's writer
         thread, which decodes and inserts them; waits (GIL released) while the queue is full.
         Raises the writer's error if it failed on earlier chunks."""
+    def copy_tables(
+        self,
+        oids: Sequence[int],
+        *,
+        snapshot: str,
+        host: str,
+        port: int,
+        user: str,
+        password: str | None,
+        dbname: str,
+        workers: int,
+    ) -> None:
+        """Copy the tables ``oids`` (in this order, ``workers`` at a time) straight from Postgres:
+        each Rust worker thread connects (plain TCP or Unix socket ``host``; no TLS), imports the
+        exported ``snapshot`` in a REPEATABLE READ transaction and runs :meth:`copy_statement`,
+        feeding the writer thread. GIL released throughout. Raises :class:`UpstreamError` (connect,
+        auth, snapshot, copy failures) or the writer's error; the other workers then stop."""
+    @property
+    def tables_done(self) -> int:
+        """Tables completely copied by :meth:`copy_tables` so far (0 once finished)."""
     def finish_table(self, oid: int) -> int:
         """Wait until the table's queued rows are inserted and check that its COPY output ended
         properly; returns its row count."""

@@ -1,13 +1,15 @@
 //! PostgreSQL wire formats used by replication: the replication-protocol CopyData frames and the
 //! pgoutput (v1) logical decoding messages inside them, LSNs and wire timestamps.
 //!
-//! Sans-IO: everything here consumes byte slices and returns values; the socket belongs to Python
-//! (`psycopg.pq.PGconn` driven by Trio), which hands frames over in batches.
+//! Sans-IO except [`upstream`]: everything else consumes byte slices and returns values; the
+//! replication socket belongs to Python (`psycopg.pq.PGconn` driven by Trio), which hands frames
+//! over in batches.
 //!
 //! * [`reader`]: bounds-checked big-endian cursor; all decoding goes through it.
 //! * [`pgoutput`]: frame and message types, [`pgoutput::decode_frame`], the standby status encoder.
 //! * [`relations`]: per-session OID → Relation cache that validates row changes.
 //! * [`describe`]: the stable one-line rendering used by golden tests and debugging.
+//! * [`copy`]: the binary COPY decoder; [`upstream`]: the initial sync's snapshot COPY connections.
 //! * [`lsn`], [`time`]: `X/Y` LSNs and µs-since-2000 timestamps.
 
 pub mod copy;
@@ -18,6 +20,7 @@ pub mod reader;
 pub mod schema;
 pub mod relations;
 pub mod time;
+pub mod upstream;
 pub mod values;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ create_exception!(zcache._native, UnsupportedTypeError, NativeError, "A value's 
 create_exception!(zcache._native, ReplicationProtocolError, NativeError, "The replication stream breaks its own rules.");
 create_exception!(zcache._native, SchemaError, NativeError, "A published schema the replica cannot be built from.");
 create_exception!(zcache._native, ResyncRequiredError, NativeError, "Upstream changed in a way that needs a new initial sync.");
+create_exception!(zcache._native, UpstreamError, NativeError, "Talking to upstream Postgres failed (connect, auth, snapshot, copy).");
 create_exception!(zcache._native, ReplicaStorageError, NativeError, "The replica's SQLite file or its directory failed.");
 create_exception!(zcache._native, InvalidQueryError, NativeError, "A query AST that does not parse or does not fit the replica's tables.");
 create_exception!(zcache._native, UnknownQueryError, NativeError, "A client group or query the query engine does not have.");
@@ -31,6 +32,7 @@ impl From<Error> for PyErr {
             Error::Protocol { .. } => ReplicationProtocolError::new_err(message),
             Error::Schema { .. } => SchemaError::new_err(message),
             Error::ResyncRequired { .. } => ResyncRequiredError::new_err(message),
+            Error::Upstream { .. } => UpstreamError::new_err(message),
             Error::Sqlite(_) | Error::Io(_) => ReplicaStorageError::new_err(message),
             Error::InvalidQuery { .. } => InvalidQueryError::new_err(message),
             Error::UnknownQuery { .. } => UnknownQueryError::new_err(message),
@@ -49,6 +51,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ReplicationProtocolError", py.get_type::<ReplicationProtocolError>())?;
     m.add("SchemaError", py.get_type::<SchemaError>())?;
     m.add("ResyncRequiredError", py.get_type::<ResyncRequiredError>())?;
+    m.add("UpstreamError", py.get_type::<UpstreamError>())?;
     m.add("ReplicaStorageError", py.get_type::<ReplicaStorageError>())?;
     m.add("InvalidQueryError", py.get_type::<InvalidQueryError>())?;
     m.add("UnknownQueryError", py.get_type::<UnknownQueryError>())?;

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
 use crate::pg::schema::PublishedSchema;
+use crate::pg::upstream::ConnectParams;
 use crate::replica;
 
 fn parse_schema(schema_json: &str) -> PyResult<PublishedSchema> {
@@ -177,6 +178,30 @@ impl InitialSync {
             drop(chunks);
             s.copy_chunks(oid, data)
         })
+    }
+
+    #[pyo3(signature = (oids, *, snapshot, host, port, user, password, dbname, workers))]
+    #[allow(clippy::too_many_arguments)]
+    fn copy_tables(
+        &self,
+        py: Python<'_>,
+        oids: Vec<u32>,
+        snapshot: String,
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        dbname: String,
+        workers: usize,
+    ) -> PyResult<()> {
+        let params = ConnectParams { host, port, user, password, dbname };
+        self.with(py, |s| s.copy_tables(&params, &snapshot, &oids, workers))
+    }
+
+    #[getter]
+    fn tables_done(&self) -> PyResult<u64> {
+        let guard = self.inner.read().map_err(|_| poisoned())?;
+        Ok(guard.as_ref().map_or(0, replica::InitialSync::tables_done))
     }
 
     fn finish_table(&self, py: Python<'_>, oid: u32) -> PyResult<u64> {

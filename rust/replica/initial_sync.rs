@@ -1,8 +1,9 @@
 //! Builds a new replica from the initial copy of every published table.
 //!
 //! The copy goes into a staging file next to the replica (`<replica>.staging`), written without a
-//! journal (a crash leaves only a staging file, which the next attempt deletes). `finish` builds the
-//! primary-key indexes, records the replication config and state, switches the file to WAL, makes
+//! journal (a crash leaves only a staging file, which the next attempt deletes). Each table's
+//! primary-key index is built as soon as its last row is in (while the other tables' COPY goes on
+//! in Postgres); `finish` records the replication config and state, switches the file to WAL, makes
 //! it durable and renames it over the replica in one step, so the replica path holds either the
 //! previous replica or a complete new one, never half of one.
 //!
@@ -11,7 +12,10 @@
 //!
 //! One writer thread owns the staging file: [`InitialSync::copy_chunks`] queues the chunks of
 //! any table (from any thread) on a bounded queue and returns, so the callers keep reading from
-//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. Rows are
+//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. The callers
+//! are normally [`InitialSync::copy_tables`]'s worker threads, which read the COPY output from
+//! Postgres themselves ([`crate::pg::upstream`]); Python feeds chunks only when that path cannot
+//! connect as psycopg does (TLS). Rows are
 //! inserted `ROWS_PER_INSERT` at a time by one multi-row `INSERT`, which costs SQLite far less
 //! per row than a statement per row. Meanwhile a flusher thread has the kernel write the staging
 //! file out every `FLUSH_INTERVAL`, so the final fsync does not start writing the whole replica
@@ -20,7 +24,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +34,8 @@ use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::pg::copy::CopyDecoder;
-use crate::pg::schema::PublishedSchema;
+use crate::pg::schema::{PublishedSchema, TableSpec};
+use crate::pg::upstream::{ConnectParams, SnapshotReader};
 use crate::pg::values::{decode_binary_ref, SqlValueRef, ValueKind};
 use crate::replica::layout::{self, quote_ident, METADATA_DDL};
 use crate::replica::table::ReplicaTable;
@@ -42,8 +47,9 @@ const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
 const QUEUED_CALLS: usize = 8;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// SQLite's page cache while building the indexes, in KiB: the index sorter keeps this much in
-/// memory before it spills sorted runs to temporary files and merges them.
+/// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
+/// memory before it spills sorted runs to temporary files and merges them. Only while building:
+/// during the copy the pages are appended and written out, a large cache only costs memory.
 const INDEX_CACHE_KIB: i64 = 32 * 1024;
 
 /// Identity of the replica being built, recorded in `_zcache_replication_config`.
@@ -68,6 +74,9 @@ struct PendingRows {
 }
 
 struct TableCopy {
+    spec: TableSpec,
+    /// Its primary-key index is built (right after its last row, see [`Staging::run`]).
+    indexed: bool,
     table: ReplicaTable,
     kinds: Vec<ValueKind>,
     decoder: CopyDecoder,
@@ -95,10 +104,11 @@ struct Failure {
 
 impl Failure {
     fn record(&self, error: Option<Error>) {
-        self.stopped.store(true, Ordering::SeqCst);
+        // The error first: whoever sees `stopped` must find it.
         if let (Some(error), Ok(mut slot)) = (error, self.error.lock()) {
             slot.get_or_insert(error);
         }
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     fn take(&self) -> Error {
@@ -132,6 +142,7 @@ pub struct InitialSync {
     failure: Arc<Failure>,
     copy_statements: HashMap<u32, String>,
     rows: Arc<AtomicU64>,
+    tables_done: AtomicU64,
     staging_path: PathBuf,
     config: ReplicaConfig,
     schema: PublishedSchema,
@@ -141,6 +152,8 @@ impl InitialSync {
     pub fn create(staging_path: &Path, schema: PublishedSchema, config: ReplicaConfig) -> Result<Self> {
         remove_database_files(staging_path)?;
         let conn = Connection::open(staging_path)?;
+        // No `PRAGMA threads` for the index sorter: on two cores it added ~40 MB of peak RSS and
+        // no speed (bench/README.md, Replication).
         conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;")?;
         conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch(METADATA_DDL)?;
@@ -155,6 +168,8 @@ impl InitialSync {
             let rows_per_insert = (MAX_PARAMETERS / kinds.len().max(1)).clamp(1, ROWS_PER_INSERT);
             copy_statements.insert(spec.oid, table.copy_statement());
             let mut copy = TableCopy {
+                spec: spec.clone(),
+                indexed: false,
                 decoder: CopyDecoder::new(kinds.len()),
                 table,
                 kinds,
@@ -191,6 +206,7 @@ impl InitialSync {
             failure,
             copy_statements,
             rows,
+            tables_done: AtomicU64::new(0),
             staging_path: staging_path.to_owned(),
             config,
             schema,
@@ -225,6 +241,63 @@ impl InitialSync {
         answer.recv().map_err(|_| self.failure.take())?
     }
 
+    /// Copies the tables `oids` straight from Postgres into the staging file, in this order,
+    /// `workers` at a time, each worker on its own connection importing `snapshot` (the one the
+    /// slot exported). Returns when every table is in, or with the first error (the other workers
+    /// stop at their next chunk).
+    pub fn copy_tables(&self, params: &ConnectParams, snapshot: &str, oids: &[u32], workers: usize) -> Result<()> {
+        if let Some(&oid) = oids.iter().find(|oid| !self.copy_statements.contains_key(oid)) {
+            return Err(unknown_table(oid));
+        }
+        let next = AtomicUsize::new(0);
+        let abort = AtomicBool::new(false);
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..workers.clamp(1, oids.len().max(1)) {
+                scope.spawn(|| {
+                    if let Err(e) = self.copy_worker(params, snapshot, oids, &next, &abort) {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        abort.store(true, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        match first_error.into_inner() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(Error::Protocol { detail: "an initial sync copy worker panicked".into() }),
+        }
+    }
+
+    /// One copy worker: takes the next table until none is left or another worker failed.
+    fn copy_worker(&self, params: &ConnectParams, snapshot: &str, oids: &[u32], next: &AtomicUsize, abort: &AtomicBool) -> Result<()> {
+        let mut connection: Option<SnapshotReader> = None;
+        while !abort.load(Ordering::SeqCst) {
+            let Some(&oid) = oids.get(next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
+            let reader = match &mut connection {
+                Some(reader) => reader,
+                None => connection.insert(SnapshotReader::connect(params, snapshot)?),
+            };
+            reader.copy(&self.copy_statements[&oid], |data| {
+                if abort.load(Ordering::SeqCst) {
+                    return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
+                }
+                self.copy_chunks(oid, data)
+            })?;
+            self.finish_table(oid)?;
+            self.tables_done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Tables completely copied by [`InitialSync::copy_tables`] so far.
+    #[must_use]
+    pub fn tables_done(&self) -> u64 {
+        self.tables_done.load(Ordering::Relaxed)
+    }
+
     /// Rows inserted so far, over all tables.
     #[must_use]
     pub fn rows(&self) -> u64 {
@@ -241,9 +314,10 @@ impl InitialSync {
             Err(_) => return Err(Error::Protocol { detail: "the initial sync's writer panicked".into() }),
         };
         let conn = staging.conn;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
         for spec in &schema.tables {
-            layout::create_primary_key(&conn, spec)?;
+            if !staging.copies.get(&spec.oid).is_some_and(|c| c.indexed) {
+                layout::create_primary_key(&conn, spec)?;
+            }
         }
         let version = lexi_version(config.consistent_point);
         conn.execute(
@@ -309,6 +383,12 @@ impl Staging {
                     if failed {
                         return Err(stopped());
                     }
+                    // The table is complete: its index is built now, while the other tables'
+                    // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
+                    if let Err(e) = self.index_table(oid) {
+                        failure.record(Some(e));
+                        return Err(stopped());
+                    }
                 }
             }
         }
@@ -334,6 +414,17 @@ impl Staging {
             Ok(())
         })?;
         self.rows.fetch_add(copy.rows - before, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn index_table(&mut self, oid: u32) -> Result<()> {
+        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+        if !copy.indexed {
+            self.conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
+            layout::create_primary_key(&self.conn, &copy.spec)?;
+            self.conn.execute_batch("PRAGMA cache_size = -2000;")?;
+            copy.indexed = true;
+        }
         Ok(())
     }
 

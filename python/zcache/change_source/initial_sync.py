@@ -7,10 +7,13 @@
 2. The published schema is read inside that snapshot, so the replica's tables match the data.
 3. Tables are copied in parallel (`ZERO_INITIAL_SYNC_TABLE_COPY_WORKERS` connections, each in a
    REPEATABLE READ transaction on the exported snapshot), largest first, with
-   `COPY … TO STDOUT (FORMAT binary)`. Each worker thread reads CopyData messages with libpq and
-   hands them to Rust in 1 MiB buffers (`_native.InitialSync.copy_chunks`, GIL released), which queues
-   them for Rust's writer thread: it decodes and inserts into a staging SQLite file while the
-   workers go on reading (a bounded queue: they wait when the writer falls behind).
+   `COPY … TO STDOUT (FORMAT binary)`, in one Rust call (`_native.InitialSync.copy_tables`, GIL
+   released): Rust's worker threads connect with the parameters psycopg resolved for the schema
+   connection (host, port, user, password, database) and queue the COPY output in 1 MiB chunks
+   for Rust's writer thread, which decodes and inserts into a staging SQLite file while the
+   workers go on reading (a bounded queue: they wait when the writer falls behind). The Rust
+   client speaks no TLS: when the upstream connection uses TLS, Python's worker threads read the
+   COPY output with libpq instead and hand the same chunks over (`copy_chunks`).
 4. Rust builds the indexes, records the replication config and state, and renames the staging file
    over the replica atomically. Only then is the sync recorded upstream (`<shard>.replicas`) and
    older slots of the shard dropped.
@@ -53,9 +56,14 @@ class _Progress:
     sync: _native.InitialSync
     tables_total: int
     rows_estimate: int
-    tables_done: int = 0
+    # Tables copied through psycopg (the TLS fallback); Rust counts its own.
+    python_tables_done: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def tables_done(self) -> int:
+        return self.python_tables_done + self.sync.tables_done
 
     def line(self) -> str:
         rows = self.sync.rows
@@ -103,6 +111,15 @@ def _snapshot_connection(dsn: str, snapshot: str) -> psycopg.Connection[tuple[ob
     return conn
 
 
+def _rust_connect_params(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, object] | None:
+    """What Rust's copy workers need to connect as `conn` did (libpq has already applied the DSN,
+    the PG* environment and the passfile), or None when `conn` uses TLS, which they do not speak."""
+    if conn.pgconn.ssl_in_use:
+        return None
+    info = conn.info
+    return {"host": info.host, "port": info.port, "user": info.user, "password": info.password or None, "dbname": info.dbname}
+
+
 def _row_estimates(conn: psycopg.Connection[tuple[object, ...]], oids: list[int]) -> dict[int, int]:
     rows = conn.execute("SELECT oid::int8, greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = ANY(%s)", [oids])
     return {int(oid): int(n) for oid, n in rows.fetchall()}
@@ -136,7 +153,7 @@ def _copy_table(dsn: str, snapshot: str, sync: _native.InitialSync, oid: int, pr
         conn.execute("COMMIT")
     rows = sync.finish_table(oid)
     with progress.lock:
-        progress.tables_done += 1
+        progress.python_tables_done += 1
     return rows
 
 
@@ -163,6 +180,7 @@ async def run_initial_sync(
             schema = upstream.published_schema(conn, setup.shard)
             oids = [int(t["oid"]) for t in schema["tables"]]
             estimates = _row_estimates(conn, oids)
+            rust_params = _rust_connect_params(conn)
         staging = replica_path.with_name(replica_path.name + ".staging")
         sync = await trio.to_thread.run_sync(
             lambda: _native.InitialSync(
@@ -177,14 +195,21 @@ async def run_initial_sync(
             )
         )
         progress = _Progress(sync, tables_total=len(oids), rows_estimate=sum(estimates.values()))
-        limiter = trio.CapacityLimiter(max(1, copy_workers))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report_progress, progress)
-            async with trio.open_nursery() as copies:
-                for oid in sorted(oids, key=lambda o: estimates.get(o, 0), reverse=True):
-                    copies.start_soon(
-                        lambda o=oid: trio.to_thread.run_sync(_copy_table, dsn, snapshot, sync, o, progress, limiter=limiter)
-                    )
+            largest_first = sorted(oids, key=lambda o: estimates.get(o, 0), reverse=True)
+            if rust_params is not None:
+                await trio.to_thread.run_sync(
+                    lambda: sync.copy_tables(largest_first, snapshot=snapshot, workers=max(1, copy_workers), **rust_params)
+                )
+            else:
+                log.info("initial sync: upstream uses TLS, which the Rust copier does not speak; copying through psycopg")
+                limiter = trio.CapacityLimiter(max(1, copy_workers))
+                async with trio.open_nursery() as copies:
+                    for oid in largest_first:
+                        copies.start_soon(
+                            lambda o=oid: trio.to_thread.run_sync(_copy_table, dsn, snapshot, sync, o, progress, limiter=limiter)
+                        )
             nursery.cancel_scope.cancel()
         rows = sync.rows
         log.info("%s; building indexes", progress.line())
