@@ -103,10 +103,11 @@ struct Query {
 /// which version.
 struct GroupRow {
     refs: u32,
-    version: Arc<str>,
-    /// While a call accumulates the group's patch: 1 + the row's index in `Acc::list` once the
-    /// call has touched it; 0 otherwise (and between calls).
+    /// The row's index in `Acc::list` if call number `call` of the group touched it (marks of
+    /// earlier calls are stale, so a call's end need not clear them).
     touched: u32,
+    call: u64,
+    version: Arc<str>,
 }
 
 impl Group {
@@ -120,7 +121,14 @@ impl Group {
             specs_gen,
             queries: BTreeMap::new(),
             rows: FastMap::default(),
+            calls: 0,
         }
+    }
+
+    /// The number of a new call accumulating a patch for the group (see `GroupRow::call`).
+    fn begin_call(&mut self) -> u64 {
+        self.calls += 1;
+        self.calls
     }
 }
 
@@ -132,6 +140,7 @@ struct Group {
     specs_gen: u64,
     queries: BTreeMap<String, Query>,
     rows: FastMap<RowId, GroupRow>,
+    calls: u64,
 }
 
 /// The replica connection and what the engine knows of its tables.
@@ -245,11 +254,12 @@ impl ChangeSet {
     }
 }
 
-/// A row touched by a call: its version before the call (`None`: the client did not have it),
+/// A row touched by a call: its version before the call and now (`None`: not in the group),
 /// and the newest content seen in the call.
 struct Touched {
     rid: RowId,
     before: Option<Arc<str>>,
+    after: Option<Arc<str>>,
     row: Option<Arc<Row>>,
 }
 
@@ -266,30 +276,35 @@ struct Acc<'g> {
     left: FastMap<RowId, usize>,
     list: Vec<Touched>,
     errors: Vec<(String, String)>,
+    /// The group's number for this call (`GroupRow::call`).
+    call: u64,
 }
 
 /// Records a row still in the group as touched by the call (its version before the call, on
 /// the first touch); returns its index in `list`.
-fn touch_held(list: &mut Vec<Touched>, rid: &RowId, r: &mut GroupRow) -> usize {
-    if r.touched == 0 {
+fn touch_held(list: &mut Vec<Touched>, call: u64, rid: &RowId, r: &mut GroupRow) -> usize {
+    if r.call != call {
+        r.call = call;
+        r.touched = u32::try_from(list.len()).expect("fewer than 2^32 rows in one patch");
         list.push(Touched {
             rid: rid.clone(),
             before: Some(r.version.clone()),
+            after: Some(r.version.clone()),
             row: None,
         });
-        r.touched = u32::try_from(list.len()).expect("fewer than 2^32 rows in one patch");
     }
-    r.touched as usize - 1
+    r.touched as usize
 }
 
 impl<'g> Acc<'g> {
-    fn new(rows: &'g mut FastMap<RowId, GroupRow>, interest: &'g mut Interest) -> Self {
+    fn new(rows: &'g mut FastMap<RowId, GroupRow>, interest: &'g mut Interest, call: u64) -> Self {
         Acc {
             rows,
             interest,
             left: FastMap::default(),
             list: Vec::new(),
             errors: Vec::new(),
+            call,
         }
     }
 
@@ -301,14 +316,17 @@ impl<'g> Acc<'g> {
     /// A query starts holding the row.
     fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
         use std::collections::hash_map::Entry as E;
-        let Acc { rows, list, left, .. } = self;
+        let Acc { rows, list, left, call, .. } = self;
         match rows.entry(rid) {
             E::Occupied(mut o) => {
-                let (rid, r) = (o.key().clone(), o.get_mut());
+                let r = o.get_mut();
                 r.refs += 1;
                 if r.version != row.version {
-                    let i = touch_held(list, &rid, r);
+                    let rid = o.key().clone();
+                    let r = o.get_mut();
+                    let i = touch_held(list, *call, &rid, r);
                     r.version = row.version.clone();
+                    list[i].after = Some(row.version.clone());
                     list[i].row = Some(row.clone());
                 }
             }
@@ -318,15 +336,18 @@ impl<'g> Acc<'g> {
                     list.push(Touched {
                         rid: v.key().clone(),
                         before: None,
+                        after: None,
                         row: None,
                     });
                     list.len() - 1
                 });
+                list[i].after = Some(row.version.clone());
                 list[i].row = Some(row.clone());
                 v.insert(GroupRow {
                     refs: 1,
+                    touched: u32::try_from(i).expect("fewer than 2^32 rows in one patch"),
+                    call: *call,
                     version: row.version.clone(),
-                    touched: u32::try_from(i + 1).expect("fewer than 2^32 rows in one patch"),
                 });
             }
         }
@@ -337,7 +358,8 @@ impl<'g> Acc<'g> {
         let Some(r) = self.rows.get_mut(rid) else { return };
         r.refs -= 1;
         if r.refs == 0 {
-            let i = touch_held(&mut self.list, rid, r);
+            let i = touch_held(&mut self.list, self.call, rid, r);
+            self.list[i].after = None;
             self.rows.remove(rid);
             self.left.insert(rid.clone(), i);
         }
@@ -347,8 +369,9 @@ impl<'g> Acc<'g> {
     fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
         if let Some(r) = self.rows.get_mut(rid) {
             if r.version != row.version {
-                let i = touch_held(&mut self.list, rid, r);
+                let i = touch_held(&mut self.list, self.call, rid, r);
                 r.version = row.version.clone();
+                self.list[i].after = Some(row.version.clone());
                 self.list[i].row = Some(row.clone());
             }
         }
@@ -395,12 +418,8 @@ impl<'g> Acc<'g> {
         out.push_str(",\"ops\":[");
         let mut first = true;
         for t in &list {
-            let after = self.rows.get_mut(&t.rid).map(|r| {
-                r.touched = 0;
-                &r.version
-            });
             let (table, table_name) = &tables[t.rid.0 as usize];
-            let put = match (&t.before, after) {
+            let put = match (&t.before, &t.after) {
                 (None, Some(_)) => true,
                 (Some(b), Some(a)) => b != a,
                 (Some(_), None) => {
@@ -447,17 +466,6 @@ impl<'g> Acc<'g> {
             write_json_str(out, message);
         }
         out.push_str("}}");
-    }
-}
-
-impl Drop for Acc<'_> {
-    /// A call that fails before `finish` leaves no touch marks behind.
-    fn drop(&mut self) {
-        for t in &self.list {
-            if let Some(r) = self.rows.get_mut(&t.rid) {
-                r.touched = 0;
-            }
-        }
     }
 }
 
@@ -722,6 +730,7 @@ impl Run<'_, '_, '_> {
                 self.st.rows.reserve(sorted.len());
             }
             self.acc.reserve(sorted.len());
+            self.acc.interest.reserve_holders(sorted.len());
         }
         let keys: Vec<Arc<str>> = sorted.iter().map(|(_, r)| r.key.clone()).collect();
         self.st.nodes[node]
@@ -1435,7 +1444,8 @@ impl QueryEngine {
             } else {
                 ChangeSet::empty(version)
             };
-            let mut acc = Acc::new(&mut g.rows, interest);
+            let call = g.begin_call();
+            let mut acc = Acc::new(&mut g.rows, interest, call);
             advance_group(
                 &ctx,
                 &mut g.queries,
@@ -1475,7 +1485,8 @@ impl QueryEngine {
     /// deleted). The group stays at its version.
     pub fn remove_query(&mut self, group: &str, hash: &str) -> Result<Vec<u8>> {
         let g = self.groups.get_mut(group).ok_or_else(|| unknown_group(group))?;
-        let mut acc = Acc::new(&mut g.rows, &mut self.interest);
+        let call = g.begin_call();
+        let mut acc = Acc::new(&mut g.rows, &mut self.interest, call);
         if let Some(q) = g.queries.remove(hash) {
             if let Some(st) = q.state {
                 drop_state(st, &mut acc);
@@ -1550,7 +1561,8 @@ impl QueryEngine {
                 }
                 let read_before = ctx.rows_read();
                 let examine = candidate_groups.contains(&g.id).then_some(&candidates);
-                let mut acc = Acc::new(&mut g.rows, interest);
+                let call = g.begin_call();
+                let mut acc = Acc::new(&mut g.rows, interest, call);
                 advance_group(
                     &ctx,
                     &mut g.queries,

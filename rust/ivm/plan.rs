@@ -212,7 +212,9 @@ impl TableInfo {
     ) -> rusqlite::Result<Row> {
         use rusqlite::types::ValueRef;
         let n = self.cols.len();
-        let mut vals = Vec::with_capacity(n);
+        // Values stop after the last column needed (none at all, often).
+        let width = needed.map_or(n, |mask| mask.iter().rposition(|&w| w).map_or(0, |i| i + 1));
+        let mut vals = Vec::with_capacity(width);
         // Sized for the longest row so far, so that it never grows (nor shrinks) afterwards.
         let mut json = needed.map(|_| String::with_capacity(cache.json_len.max(64)));
         if let Some(out) = json.as_mut() {
@@ -227,14 +229,18 @@ impl TableInfo {
                     let text = utf8(t);
                     out.push_str(&self.json_names[i]);
                     write_json_str(out, &text);
-                    vals.push(if wanted { Val::Text(Arc::from(text.as_ref())) } else { Val::Null });
+                    if i < width {
+                        vals.push(if wanted { Val::Text(Arc::from(text.as_ref())) } else { Val::Null });
+                    }
                 }
                 (out, _) => {
                     if let Some(out) = out {
                         out.push_str(&self.json_names[i]);
                         write_value_json(out, self.cols[i].ty, value);
                     }
-                    vals.push(if wanted { Val::from_ref(value) } else { Val::Null });
+                    if i < width {
+                        vals.push(if wanted { Val::from_ref(value) } else { Val::Null });
+                    }
                 }
             }
         }

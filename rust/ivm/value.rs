@@ -262,7 +262,8 @@ pub fn part_key(vals: &[Val], columns: &[usize]) -> Option<PartKey> {
 pub struct Row {
     pub key: Arc<str>,
     /// Every stored column, or (rows read for a partition) only the columns the engine looks
-    /// at, the others NULL; then `json` holds the client value.
+    /// at, the others NULL and those after the last one looked at left out; then `json` holds
+    /// the client value.
     pub vals: Box<[Val]>,
     pub version: Arc<str>,
     pub json: Option<String>,
