@@ -263,6 +263,67 @@ struct Touched {
     row: Option<Arc<Row>>,
 }
 
+/// What a patch says of a touched row.
+enum PatchOp {
+    Put,
+    Del,
+}
+
+impl Touched {
+    fn patch_op(&self) -> Option<PatchOp> {
+        match (&self.before, &self.after) {
+            (None, Some(_)) => Some(PatchOp::Put),
+            (Some(b), Some(a)) => (b != a).then_some(PatchOp::Put),
+            (Some(_), None) => Some(PatchOp::Del),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A group's patch as the view syncer takes it: its version, its rows (client ops encoded) and
+/// the errors of the queries that failed.
+pub struct Changes {
+    pub version: String,
+    pub rows: RowChanges,
+    pub errors: Vec<(String, String)>,
+}
+
+/// Where the patches of a call go: JSON patches ([`Patches`]) or [`Changes`].
+trait PatchSink {
+    /// The patch of a group the call moved to `version` without any change.
+    fn quiet(&mut self, version: &str);
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()>;
+}
+
+impl PatchSink for Patches {
+    fn quiet(&mut self, version: &str) {
+        Acc::write_empty(version, &mut self.buf);
+        self.ends.push(self.buf.len());
+    }
+
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()> {
+        acc.finish_into(version, db, &mut self.buf);
+        self.ends.push(self.buf.len());
+        Ok(())
+    }
+}
+
+impl PatchSink for Vec<Changes> {
+    fn quiet(&mut self, version: &str) {
+        self.push(Changes {
+            version: version.to_owned(),
+            rows: RowChanges::default(),
+            errors: Vec::new(),
+        });
+    }
+
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()> {
+        let changes = acc.finish_changes(version, db)?;
+        Vec::push(self, changes);
+        Ok(())
+    }
+}
+
 /// Parent rows by (lookup statement, correlation value).
 type ParentCache = FastMap<(Arc<str>, PartKey), Arc<Vec<Arc<Row>>>>;
 
@@ -377,11 +438,46 @@ impl<'g> Acc<'g> {
         }
     }
 
-    /// `{"version": …, "ops": […], "queryErrors": {…}}`.
-    fn finish(self, version: &str, db: &Db) -> Vec<u8> {
-        let mut out = String::new();
-        self.finish_into(version, db, &mut out);
-        out.into_bytes()
+    /// The patch as [`Changes`]: each put's client op written from the row's JSON, keys made
+    /// canonical (see `fetch::canonical_key`).
+    fn finish_changes(mut self, version: &str, db: &Db) -> Result<Changes> {
+        let list = std::mem::take(&mut self.list);
+        // Per table id: `{"op":"put","tableName":"<name>","value":` (written once, not per op).
+        let mut prefixes: Vec<Option<String>> = vec![None; db.table_names.len()];
+        let mut rows = Vec::with_capacity(list.len());
+        for t in list {
+            let name = &db.table_names[t.rid.0 as usize];
+            match t.patch_op() {
+                Some(PatchOp::Put) => {
+                    let (Some(row), Some(table)) = (&t.row, db.tables.get(name.as_ref())) else {
+                        continue;
+                    };
+                    let prefix = prefixes[t.rid.0 as usize].get_or_insert_with(|| {
+                        let mut p = String::from("{\"op\":\"put\",\"tableName\":");
+                        write_json_str(&mut p, name);
+                        p.push_str(",\"value\":");
+                        p
+                    });
+                    let mut op = String::with_capacity(prefix.len() + 1 + row.json.as_ref().map_or(256, String::len));
+                    op.push_str(prefix);
+                    table.write_row_json(&mut op, row);
+                    op.push('}');
+                    rows.push(RowOp {
+                        table: name.clone(),
+                        key: canonical_key_of(&t.rid.1)?,
+                        row_version: Some(row.version.clone()),
+                        op,
+                    });
+                }
+                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), canonical_key_of(&t.rid.1)?)),
+                None => {}
+            }
+        }
+        Ok(Changes {
+            version: version.to_owned(),
+            rows: RowChanges::of_unique(rows),
+            errors: std::mem::take(&mut self.errors),
+        })
     }
 
     /// Appends the patch of a call that changed nothing.
@@ -419,10 +515,26 @@ impl<'g> Acc<'g> {
         let mut first = true;
         for t in &list {
             let (table, table_name) = &tables[t.rid.0 as usize];
-            let put = match (&t.before, &t.after) {
-                (None, Some(_)) => true,
-                (Some(b), Some(a)) => b != a,
-                (Some(_), None) => {
+            match t.patch_op() {
+                Some(PatchOp::Put) => {
+                    let (Some(row), Some(table)) = (&t.row, table) else {
+                        continue;
+                    };
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str("{\"op\":\"put\"");
+                    out.push_str(table_name);
+                    out.push_str(",\"value\":");
+                    table.write_row_json(out, row);
+                    out.push_str(",\"rowKey\":");
+                    out.push_str(&t.rid.1);
+                    out.push_str(",\"rowVersion\":");
+                    write_json_str(out, &row.version);
+                    out.push('}');
+                }
+                Some(PatchOp::Del) => {
                     if !first {
                         out.push(',');
                     }
@@ -432,29 +544,9 @@ impl<'g> Acc<'g> {
                     out.push_str(",\"rowKey\":");
                     out.push_str(&t.rid.1);
                     out.push('}');
-                    false
                 }
-                (None, None) => false,
-            };
-            if !put {
-                continue;
+                None => {}
             }
-            let (Some(row), Some(table)) = (&t.row, table) else {
-                continue;
-            };
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str("{\"op\":\"put\"");
-            out.push_str(table_name);
-            out.push_str(",\"value\":");
-            table.write_row_json(out, row);
-            out.push_str(",\"rowKey\":");
-            out.push_str(&t.rid.1);
-            out.push_str(",\"rowVersion\":");
-            write_json_str(out, &row.version);
-            out.push('}');
         }
         out.push_str("],\"queryErrors\":{");
         for (i, (hash, message)) in self.errors.iter().enumerate() {
@@ -1425,6 +1517,19 @@ impl QueryEngine {
     /// the group's other queries are advanced to that version first. Returns the group's patch.
     /// An AST that does not parse or compile raises [`Error::InvalidQuery`] and changes nothing.
     pub fn add_query(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Vec<u8>> {
+        let mut patches = Patches::default();
+        self.add_query_into(group, hash, ast_json, &mut patches)?;
+        Ok(patches.buf.into_bytes())
+    }
+
+    /// [`QueryEngine::add_query`], the patch as [`Changes`].
+    pub fn add_query_changes(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Changes> {
+        let mut out = Vec::with_capacity(1);
+        self.add_query_into(group, hash, ast_json, &mut out)?;
+        Ok(out.pop().expect("one patch"))
+    }
+
+    fn add_query_into(&mut self, group: &str, hash: &str, ast_json: &str, sink: &mut impl PatchSink) -> Result<()> {
         let ast = parse_ast_json(ast_json).map_err(|detail| Error::InvalidQuery { detail })?;
         let QueryEngine {
             db,
@@ -1433,7 +1538,7 @@ impl QueryEngine {
             next_group_id,
             ..
         } = self;
-        let (patch, counters) = db.read(|db, version| {
+        let ((), counters) = db.read(|db, version| {
             let plan = Arc::new(compile(&ast, &db.tables)?);
             let ctx = Ctx::new(db);
             let g = groups
@@ -1474,16 +1579,29 @@ impl QueryEngine {
                 Err(e) => fail(&mut query, hash, &e, &mut acc, &ctx),
             }
             g.queries.insert(hash.to_owned(), query);
-            let patch = acc.finish(&g.version, db);
-            Ok((patch, ctx.counters.into_inner()))
+            sink.push(acc, &g.version, db)?;
+            Ok(((), ctx.counters.into_inner()))
         })?;
         self.merge(&counters);
-        Ok(patch)
+        Ok(())
     }
 
     /// Removes query `hash` of `group`; returns the group's patch (the rows only it held are
     /// deleted). The group stays at its version.
     pub fn remove_query(&mut self, group: &str, hash: &str) -> Result<Vec<u8>> {
+        let mut patches = Patches::default();
+        self.remove_query_into(group, hash, &mut patches)?;
+        Ok(patches.buf.into_bytes())
+    }
+
+    /// [`QueryEngine::remove_query`], the patch as [`Changes`].
+    pub fn remove_query_changes(&mut self, group: &str, hash: &str) -> Result<Changes> {
+        let mut out = Vec::with_capacity(1);
+        self.remove_query_into(group, hash, &mut out)?;
+        Ok(out.pop().expect("one patch"))
+    }
+
+    fn remove_query_into(&mut self, group: &str, hash: &str, sink: &mut impl PatchSink) -> Result<()> {
         let g = self.groups.get_mut(group).ok_or_else(|| unknown_group(group))?;
         let call = g.begin_call();
         let mut acc = Acc::new(&mut g.rows, &mut self.interest, call);
@@ -1492,7 +1610,7 @@ impl QueryEngine {
                 drop_state(st, &mut acc);
             }
         }
-        Ok(acc.finish(&g.version, &self.db))
+        sink.push(acc, &g.version, &self.db)
     }
 
     /// Advances each group to the replica's current version; one patch per group, in order.
@@ -1510,6 +1628,21 @@ impl QueryEngine {
     /// others keep their version, for a later call (so one caller can interleave other work,
     /// or other groups, between slices).
     pub fn advance_within(&mut self, group_names: &[&str], budget: u64) -> Result<Patches> {
+        let mut patches = Patches::default();
+        patches.ends.reserve(group_names.len());
+        self.advance_into(group_names, budget, &mut patches)?;
+        Ok(patches)
+    }
+
+    /// [`QueryEngine::advance`], each group's patch as [`Changes`].
+    pub fn advance_changes(&mut self, group_names: &[&str]) -> Result<Vec<Changes>> {
+        let mut out = Vec::with_capacity(group_names.len());
+        self.advance_into(group_names, u64::MAX, &mut out)?;
+        Ok(out)
+    }
+
+    /// Advances groups into `sink`; see [`QueryEngine::advance_within`].
+    fn advance_into(&mut self, group_names: &[&str], budget: u64, sink: &mut impl PatchSink) -> Result<()> {
         let QueryEngine {
             db,
             groups,
@@ -1517,7 +1650,7 @@ impl QueryEngine {
             next_group_id,
             ..
         } = self;
-        let (patches, counters) = db.read(|db, version| {
+        let ((), counters) = db.read(|db, version| {
             let ctx = Ctx::new(db);
             // The change log is read when the first group behind needs it, from that group's
             // version (groups usually share one); a group further behind makes it read once
@@ -1525,10 +1658,6 @@ impl QueryEngine {
             let mut set = ChangeSet::empty(version);
             let mut candidates = FastSet::default();
             let mut candidate_groups: FastSet<u32> = FastSet::default();
-            let mut empty_patch = String::new();
-            Acc::write_empty(version, &mut empty_patch);
-            let mut patches = Patches::default();
-            patches.ends.reserve(group_names.len());
             let mut spent: u64 = 0;
             for (i, &name) in group_names.iter().enumerate() {
                 if spent >= budget {
@@ -1576,16 +1705,15 @@ impl QueryEngine {
                     .saturating_add(1 + ctx.rows_read() - read_before)
                     .saturating_add(acc.list.len() as u64);
                 if acc.list.is_empty() && acc.errors.is_empty() && g.version == version {
-                    patches.buf.push_str(&empty_patch);
+                    sink.quiet(version);
                 } else {
-                    acc.finish_into(&g.version, db, &mut patches.buf);
+                    sink.push(acc, &g.version, db)?;
                 }
-                patches.ends.push(patches.buf.len());
             }
-            Ok((patches, ctx.counters.into_inner()))
+            Ok(((), ctx.counters.into_inner()))
         })?;
         self.merge(&counters);
-        Ok(patches)
+        Ok(())
     }
 
     /// For benchmarks: runs a read-only `SELECT` through the engine's connection in its own
@@ -1939,6 +2067,7 @@ fn _assert_send() {
 }
 
 mod fetch;
+use fetch::canonical_key_of;
 pub use fetch::{canonical_json, read_patch, PatchView, RecordArrays, RowChanges, RowOp};
 
 #[cfg(test)]
