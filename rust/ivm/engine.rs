@@ -442,30 +442,28 @@ impl<'g> Acc<'g> {
     /// canonical (see `fetch::canonical_key`).
     fn finish_changes(mut self, version: &str, db: &Db) -> Result<Changes> {
         let list = std::mem::take(&mut self.list);
-        // Per table id: `{"op":"put","tableName":"<name>","value":` (written once, not per op).
-        let mut prefixes: Vec<Option<String>> = vec![None; db.table_names.len()];
         let mut rows = Vec::with_capacity(list.len());
         for t in list {
             let name = &db.table_names[t.rid.0 as usize];
             match t.patch_op() {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (&t.row, db.tables.get(name.as_ref())) else {
+                    let (Some(row), Some(table)) = (t.row, db.tables.get(name.as_ref())) else {
                         continue;
                     };
-                    let prefix = prefixes[t.rid.0 as usize].get_or_insert_with(|| {
-                        let mut p = String::from("{\"op\":\"put\",\"tableName\":");
-                        write_json_str(&mut p, name);
-                        p.push_str(",\"value\":");
-                        p
-                    });
-                    let mut op = String::with_capacity(prefix.len() + 1 + row.json.as_ref().map_or(256, String::len));
-                    op.push_str(prefix);
-                    table.write_row_json(&mut op, row);
-                    op.push('}');
+                    // A row read for this call alone gives its op away.
+                    let (op, version) = match Arc::try_unwrap(row) {
+                        Ok(Row {
+                            json: Some(json),
+                            version,
+                            ..
+                        }) if table.name == **name => (json.op, version),
+                        Ok(row) => (table.put_op(&row), row.version),
+                        Err(row) => (table.put_op(&row), row.version.clone()),
+                    };
                     rows.push(RowOp {
                         table: name.clone(),
                         key: canonical_key_of(&t.rid.1)?,
-                        row_version: Some(row.version.clone()),
+                        row_version: Some(version),
                         op,
                     });
                 }
@@ -506,7 +504,7 @@ impl<'g> Acc<'g> {
         // One allocation for the whole patch (large hydrations are megabytes).
         let capacity: usize = list
             .iter()
-            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.len()) + r.version.len()))
+            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.op.len()) + r.version.len()))
             .sum();
         out.reserve(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
         out.push_str("{\"version\":");
@@ -808,30 +806,30 @@ impl Run<'_, '_, '_> {
         // A row the node already holds in another partition moved there in this advance (its
         // correlation value changed); it is dirty in this node, which is processed after this
         // parent, and will move then.
+        let mut rows = rows;
         let held = &self.st.nodes[node].rows;
-        // Limited partitions come in order from SQLite; unlimited ones are sets (see
-        // `plan::build_sql`).
-        let sorted: Vec<(Box<[Val]>, Arc<Row>)> = rows
-            .into_iter()
-            .filter(|r| !held.contains_key(&r.key))
-            .map(|r| (if np.limit.is_some() { np.sort_key(&r.vals) } else { Box::default() }, r))
-            .collect();
-        self.st.nodes[node].rows.reserve(sorted.len());
+        if !held.is_empty() {
+            rows.retain(|r| !held.contains_key(&r.key));
+        }
+        self.st.nodes[node].rows.reserve(rows.len());
         if np.synced {
             if np.counted {
-                self.st.rows.reserve(sorted.len());
+                self.st.rows.reserve(rows.len());
             }
-            self.acc.reserve(sorted.len());
-            self.acc.interest.reserve_holders(sorted.len());
+            self.acc.reserve(rows.len());
+            self.acc.interest.reserve_holders(rows.len());
         }
-        let keys: Vec<Arc<str>> = sorted.iter().map(|(_, r)| r.key.clone()).collect();
+        let keys: Vec<Arc<str>> = rows.iter().map(|r| r.key.clone()).collect();
         self.st.nodes[node]
             .parts
             .insert(key.clone(), Partition { refs: 1, keys });
         if let Some(reg) = self.partition_reg(node, &key) {
             self.acc.interest.register(&reg, self.st.key);
         }
-        for (slot, (sort, row)) in sorted.into_iter().enumerate() {
+        // Limited partitions come in order from SQLite; unlimited ones are sets (see
+        // `plan::build_sql`).
+        for (slot, row) in rows.into_iter().enumerate() {
+            let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
             self.add_entry(node, &key, &row, sort, slot)?;
         }
         Ok(())

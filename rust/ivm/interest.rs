@@ -57,7 +57,9 @@ impl Queries {
         match self {
             Queries::One { qk, count } if *qk == g => *count += 1,
             Queries::One { qk, count } => {
-                *self = Queries::Few(vec![(*qk, *count), (g, 1)]);
+                let mut few = Vec::with_capacity(4);
+                few.extend([(*qk, *count), (g, 1)]);
+                *self = Queries::Few(few);
             }
             Queries::Few(few) => match few.iter().position(|(k, _)| *k == g) {
                 Some(i) => few[i].1 += 1,

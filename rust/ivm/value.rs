@@ -266,7 +266,23 @@ pub struct Row {
     /// the client value.
     pub vals: Box<[Val]>,
     pub version: Arc<str>,
-    pub json: Option<String>,
+    pub json: Option<RowJson>,
+}
+
+/// A row's client `put` op, `{"op":"put","tableName":…,"value":{…}}`, written when the row is
+/// read: a patch copies the value out of it, a view syncer's `RowChanges` takes it whole.
+#[derive(Debug)]
+pub struct RowJson {
+    pub op: String,
+    /// Where the value starts in `op` (it ends before the last `}`).
+    pub value_start: usize,
+}
+
+impl RowJson {
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.op[self.value_start..self.op.len() - 1]
+    }
 }
 
 /// Two decimal digits per entry, "00" to "99".
