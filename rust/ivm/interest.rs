@@ -42,7 +42,8 @@ pub fn group_of(key: u64) -> u32 {
 enum Queries {
     One { qk: u64, count: u32 },
     Few(Vec<(u64, u32)>),
-    Many(FastMap<u64, u32>),
+    /// Boxed: one per widely held row, and the map of held rows stays small.
+    Many(Box<FastMap<u64, u32>>),
 }
 
 /// How many queries a `Queries::Few` holds at most.
@@ -67,7 +68,7 @@ impl Queries {
                 None => {
                     let mut many: FastMap<u64, u32> = few.drain(..).collect();
                     many.insert(g, 1);
-                    *self = Queries::Many(many);
+                    *self = Queries::Many(Box::new(many));
                 }
             },
             Queries::Many(many) => *many.entry(g).or_insert(0) += 1,
@@ -256,6 +257,12 @@ mod tests {
         let mut v: Vec<u64> = out.into_iter().collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn held_row_entries_stay_small() {
+        // One per row held by any query: the map of held rows is the engine's largest.
+        assert!(std::mem::size_of::<Queries>() <= 32);
     }
 
     #[test]
