@@ -6,9 +6,12 @@ only smoke-testing), changes go through `_native.ReplicaWriter` as pgoutput fram
 tests/native/test_ivm_support.py).
 
 * hydration of "the files of N owners" (`file where ownerId IN [...]`), N = 100 and 1,000
-  (1k and 10k rows: linear?), without and with an index on `file.ownerId` (the replica has
-  primary-key indexes only), against `select_baseline`: SQLite alone running the same
-  `SELECT * … WHERE ownerId IN (…)` through the engine's connection and reading every column;
+  (1k and 10k rows) without an index on `file.ownerId` (the replica has primary-key indexes
+  only), N = 10, 100 and 1,000 (100, 1k, 10k rows: linear?) with one, against
+  `select_baseline`: SQLite alone running the same `SELECT * … WHERE ownerId IN (…)` through
+  the engine's connection and reading every column. `add_query` returns the JSON patch;
+  `_changes` is `add_query_changes`, the `RowChanges` the view syncer takes, and `_merged` the
+  JSON patch merged into a `RowChanges` (what the view syncer did before `add_query_changes`);
 * one single-row change (a file renamed) advanced through 1,000 registered tldraw queries
   (`file where ownerId = ?`): 1,000 groups x 1 query, and 1 group with 1,000 queries;
 * the same advance over a 10x smaller replica (is advance independent of table size?).
@@ -116,7 +119,15 @@ def owner_query(owner: int) -> str:
     )
 
 
-def hydrate(benchmark: Any, demo: Demo, owners: int) -> None:
+def rows_of(result: Any) -> int:
+    if isinstance(result, bytes):
+        return len(json.loads(result)["ops"])
+    if isinstance(result, _native.RowChanges):
+        return len(result)
+    return len(result[1])
+
+
+def hydrate(benchmark: Any, demo: Demo, owners: int, form: str = "patch") -> None:
     engine = demo.engine()
     owners = min(owners, demo.users)
     query = owners_query(list(range(owners)))
@@ -125,14 +136,18 @@ def hydrate(benchmark: Any, demo: Demo, owners: int) -> None:
     def setup() -> tuple[tuple[str], dict[str, Any]]:
         return (f"g{next(groups)}",), {}
 
-    def run(group: str) -> bytes:
-        return engine.add_query(group, "q", query)
+    def run(group: str) -> Any:
+        if form == "changes":
+            return engine.add_query_changes(group, "q", query)
+        patch = engine.add_query(group, "q", query)
+        if form == "merged":
+            rows = _native.RowChanges()
+            rows.merge(patch)
+            return rows
+        return patch
 
-    def teardown_check(patch: bytes) -> None:
-        assert len(json.loads(patch)["ops"]) == owners * 10
-
-    patch = benchmark.pedantic(run, setup=setup, rounds=10, warmup_rounds=1)
-    teardown_check(patch)
+    result = benchmark.pedantic(run, setup=setup, rounds=10, warmup_rounds=1)
+    assert rows_of(result) == owners * 10
     benchmark.extra_info["rows"] = owners * 10
 
 
@@ -141,9 +156,19 @@ def test_hydrate_files_of_owners(benchmark: Any, big: Demo, owners: int) -> None
     hydrate(benchmark, big, owners)
 
 
-@pytest.mark.parametrize("owners", [100, 1_000])
+@pytest.mark.parametrize("owners", [10, 100, 1_000])
 def test_hydrate_files_of_owners_indexed(benchmark: Any, indexed: Demo, owners: int) -> None:
     hydrate(benchmark, indexed, owners)
+
+
+@pytest.mark.parametrize("owners", [1_000])
+def test_hydrate_changes_files_of_owners_indexed(benchmark: Any, indexed: Demo, owners: int) -> None:
+    hydrate(benchmark, indexed, owners, "changes")
+
+
+@pytest.mark.parametrize("owners", [1_000])
+def test_hydrate_merged_files_of_owners_indexed(benchmark: Any, indexed: Demo, owners: int) -> None:
+    hydrate(benchmark, indexed, owners, "merged")
 
 
 def select_baseline(benchmark: Any, demo: Demo, owners: int) -> None:

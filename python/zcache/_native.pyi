@@ -253,6 +253,14 @@ class QueryEngine:
     def advance(self, groups: Sequence[str]) -> list[tuple[str, bytes]]:
         """Advance each group to the replica's current version: one ``(group, patch)`` per
         group, in order. Unknown groups are created empty at that version."""
+    def add_query_changes(self, group: str, query_hash: str, ast_json: str) -> tuple[str, RowChanges, dict[str, str]]:
+        """:meth:`add_query`, the patch as the view syncer takes it: ``(version, rows,
+        queryErrors)``, ``rows`` what :meth:`RowChanges.merge` makes of the JSON patch (same rows,
+        order, canonical keys and client ops), built directly from the engine's rows."""
+    def remove_query_changes(self, group: str, query_hash: str) -> tuple[str, RowChanges, dict[str, str]]:
+        """:meth:`remove_query`, the patch as :meth:`add_query_changes` returns it."""
+    def advance_changes(self, groups: Sequence[str]) -> list[tuple[str, tuple[str, RowChanges, dict[str, str]]]]:
+        """:meth:`advance`, each group's patch as :meth:`add_query_changes` returns it."""
     def advance_within(self, groups: Sequence[str], budget: int) -> tuple[list[tuple[str, bytes]], list[str]]:
         """Advance groups in order, as :meth:`advance` does, until ``budget`` units of work are
         spent: one per group, plus one per row read from the replica and per row put or deleted

@@ -103,10 +103,11 @@ struct Query {
 /// which version.
 struct GroupRow {
     refs: u32,
-    version: Arc<str>,
-    /// While a call accumulates the group's patch: 1 + the row's index in `Acc::list` once the
-    /// call has touched it; 0 otherwise (and between calls).
+    /// The row's index in `Acc::list` if call number `call` of the group touched it (marks of
+    /// earlier calls are stale, so a call's end need not clear them).
     touched: u32,
+    call: u64,
+    version: Arc<str>,
 }
 
 impl Group {
@@ -120,7 +121,14 @@ impl Group {
             specs_gen,
             queries: BTreeMap::new(),
             rows: FastMap::default(),
+            calls: 0,
         }
+    }
+
+    /// The number of a new call accumulating a patch for the group (see `GroupRow::call`).
+    fn begin_call(&mut self) -> u64 {
+        self.calls += 1;
+        self.calls
     }
 }
 
@@ -132,6 +140,7 @@ struct Group {
     specs_gen: u64,
     queries: BTreeMap<String, Query>,
     rows: FastMap<RowId, GroupRow>,
+    calls: u64,
 }
 
 /// The replica connection and what the engine knows of its tables.
@@ -245,12 +254,74 @@ impl ChangeSet {
     }
 }
 
-/// A row touched by a call: its version before the call (`None`: the client did not have it),
+/// A row touched by a call: its version before the call and now (`None`: not in the group),
 /// and the newest content seen in the call.
 struct Touched {
     rid: RowId,
     before: Option<Arc<str>>,
+    after: Option<Arc<str>>,
     row: Option<Arc<Row>>,
+}
+
+/// What a patch says of a touched row.
+enum PatchOp {
+    Put,
+    Del,
+}
+
+impl Touched {
+    fn patch_op(&self) -> Option<PatchOp> {
+        match (&self.before, &self.after) {
+            (None, Some(_)) => Some(PatchOp::Put),
+            (Some(b), Some(a)) => (b != a).then_some(PatchOp::Put),
+            (Some(_), None) => Some(PatchOp::Del),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A group's patch as the view syncer takes it: its version, its rows (client ops encoded) and
+/// the errors of the queries that failed.
+pub struct Changes {
+    pub version: String,
+    pub rows: RowChanges,
+    pub errors: Vec<(String, String)>,
+}
+
+/// Where the patches of a call go: JSON patches ([`Patches`]) or [`Changes`].
+trait PatchSink {
+    /// The patch of a group the call moved to `version` without any change.
+    fn quiet(&mut self, version: &str);
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()>;
+}
+
+impl PatchSink for Patches {
+    fn quiet(&mut self, version: &str) {
+        Acc::write_empty(version, &mut self.buf);
+        self.ends.push(self.buf.len());
+    }
+
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()> {
+        acc.finish_into(version, db, &mut self.buf);
+        self.ends.push(self.buf.len());
+        Ok(())
+    }
+}
+
+impl PatchSink for Vec<Changes> {
+    fn quiet(&mut self, version: &str) {
+        self.push(Changes {
+            version: version.to_owned(),
+            rows: RowChanges::default(),
+            errors: Vec::new(),
+        });
+    }
+
+    fn push(&mut self, acc: Acc<'_>, version: &str, db: &Db) -> Result<()> {
+        let changes = acc.finish_changes(version, db)?;
+        Vec::push(self, changes);
+        Ok(())
+    }
 }
 
 /// Parent rows by (lookup statement, correlation value).
@@ -266,30 +337,35 @@ struct Acc<'g> {
     left: FastMap<RowId, usize>,
     list: Vec<Touched>,
     errors: Vec<(String, String)>,
+    /// The group's number for this call (`GroupRow::call`).
+    call: u64,
 }
 
 /// Records a row still in the group as touched by the call (its version before the call, on
 /// the first touch); returns its index in `list`.
-fn touch_held(list: &mut Vec<Touched>, rid: &RowId, r: &mut GroupRow) -> usize {
-    if r.touched == 0 {
+fn touch_held(list: &mut Vec<Touched>, call: u64, rid: &RowId, r: &mut GroupRow) -> usize {
+    if r.call != call {
+        r.call = call;
+        r.touched = u32::try_from(list.len()).expect("fewer than 2^32 rows in one patch");
         list.push(Touched {
             rid: rid.clone(),
             before: Some(r.version.clone()),
+            after: Some(r.version.clone()),
             row: None,
         });
-        r.touched = u32::try_from(list.len()).expect("fewer than 2^32 rows in one patch");
     }
-    r.touched as usize - 1
+    r.touched as usize
 }
 
 impl<'g> Acc<'g> {
-    fn new(rows: &'g mut FastMap<RowId, GroupRow>, interest: &'g mut Interest) -> Self {
+    fn new(rows: &'g mut FastMap<RowId, GroupRow>, interest: &'g mut Interest, call: u64) -> Self {
         Acc {
             rows,
             interest,
             left: FastMap::default(),
             list: Vec::new(),
             errors: Vec::new(),
+            call,
         }
     }
 
@@ -301,14 +377,17 @@ impl<'g> Acc<'g> {
     /// A query starts holding the row.
     fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
         use std::collections::hash_map::Entry as E;
-        let Acc { rows, list, left, .. } = self;
+        let Acc { rows, list, left, call, .. } = self;
         match rows.entry(rid) {
             E::Occupied(mut o) => {
-                let (rid, r) = (o.key().clone(), o.get_mut());
+                let r = o.get_mut();
                 r.refs += 1;
                 if r.version != row.version {
-                    let i = touch_held(list, &rid, r);
+                    let rid = o.key().clone();
+                    let r = o.get_mut();
+                    let i = touch_held(list, *call, &rid, r);
                     r.version = row.version.clone();
+                    list[i].after = Some(row.version.clone());
                     list[i].row = Some(row.clone());
                 }
             }
@@ -318,15 +397,18 @@ impl<'g> Acc<'g> {
                     list.push(Touched {
                         rid: v.key().clone(),
                         before: None,
+                        after: None,
                         row: None,
                     });
                     list.len() - 1
                 });
+                list[i].after = Some(row.version.clone());
                 list[i].row = Some(row.clone());
                 v.insert(GroupRow {
                     refs: 1,
+                    touched: u32::try_from(i).expect("fewer than 2^32 rows in one patch"),
+                    call: *call,
                     version: row.version.clone(),
-                    touched: u32::try_from(i + 1).expect("fewer than 2^32 rows in one patch"),
                 });
             }
         }
@@ -337,7 +419,8 @@ impl<'g> Acc<'g> {
         let Some(r) = self.rows.get_mut(rid) else { return };
         r.refs -= 1;
         if r.refs == 0 {
-            let i = touch_held(&mut self.list, rid, r);
+            let i = touch_held(&mut self.list, self.call, rid, r);
+            self.list[i].after = None;
             self.rows.remove(rid);
             self.left.insert(rid.clone(), i);
         }
@@ -347,18 +430,52 @@ impl<'g> Acc<'g> {
     fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
         if let Some(r) = self.rows.get_mut(rid) {
             if r.version != row.version {
-                let i = touch_held(&mut self.list, rid, r);
+                let i = touch_held(&mut self.list, self.call, rid, r);
                 r.version = row.version.clone();
+                self.list[i].after = Some(row.version.clone());
                 self.list[i].row = Some(row.clone());
             }
         }
     }
 
-    /// `{"version": …, "ops": […], "queryErrors": {…}}`.
-    fn finish(self, version: &str, db: &Db) -> Vec<u8> {
-        let mut out = String::new();
-        self.finish_into(version, db, &mut out);
-        out.into_bytes()
+    /// The patch as [`Changes`]: each put's client op written from the row's JSON, keys made
+    /// canonical (see `fetch::canonical_key`).
+    fn finish_changes(mut self, version: &str, db: &Db) -> Result<Changes> {
+        let list = std::mem::take(&mut self.list);
+        let mut rows = Vec::with_capacity(list.len());
+        for t in list {
+            let name = &db.table_names[t.rid.0 as usize];
+            match t.patch_op() {
+                Some(PatchOp::Put) => {
+                    let (Some(row), Some(table)) = (t.row, db.tables.get(name.as_ref())) else {
+                        continue;
+                    };
+                    // A row read for this call alone gives its op away.
+                    let (op, version) = match Arc::try_unwrap(row) {
+                        Ok(Row {
+                            json: Some(json),
+                            version,
+                            ..
+                        }) if table.name == **name => (json.op, version),
+                        Ok(row) => (table.put_op(&row), row.version),
+                        Err(row) => (table.put_op(&row), row.version.clone()),
+                    };
+                    rows.push(RowOp {
+                        table: name.clone(),
+                        key: canonical_key_of(&t.rid.1)?,
+                        row_version: Some(version),
+                        op,
+                    });
+                }
+                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), canonical_key_of(&t.rid.1)?)),
+                None => {}
+            }
+        }
+        Ok(Changes {
+            version: version.to_owned(),
+            rows: RowChanges::of_unique(rows),
+            errors: std::mem::take(&mut self.errors),
+        })
     }
 
     /// Appends the patch of a call that changed nothing.
@@ -387,7 +504,7 @@ impl<'g> Acc<'g> {
         // One allocation for the whole patch (large hydrations are megabytes).
         let capacity: usize = list
             .iter()
-            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.len()) + r.version.len()))
+            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.op.len()) + r.version.len()))
             .sum();
         out.reserve(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
         out.push_str("{\"version\":");
@@ -395,15 +512,27 @@ impl<'g> Acc<'g> {
         out.push_str(",\"ops\":[");
         let mut first = true;
         for t in &list {
-            let after = self.rows.get_mut(&t.rid).map(|r| {
-                r.touched = 0;
-                &r.version
-            });
             let (table, table_name) = &tables[t.rid.0 as usize];
-            let put = match (&t.before, after) {
-                (None, Some(_)) => true,
-                (Some(b), Some(a)) => b != a,
-                (Some(_), None) => {
+            match t.patch_op() {
+                Some(PatchOp::Put) => {
+                    let (Some(row), Some(table)) = (&t.row, table) else {
+                        continue;
+                    };
+                    if !first {
+                        out.push(',');
+                    }
+                    first = false;
+                    out.push_str("{\"op\":\"put\"");
+                    out.push_str(table_name);
+                    out.push_str(",\"value\":");
+                    table.write_row_json(out, row);
+                    out.push_str(",\"rowKey\":");
+                    out.push_str(&t.rid.1);
+                    out.push_str(",\"rowVersion\":");
+                    write_json_str(out, &row.version);
+                    out.push('}');
+                }
+                Some(PatchOp::Del) => {
                     if !first {
                         out.push(',');
                     }
@@ -413,29 +542,9 @@ impl<'g> Acc<'g> {
                     out.push_str(",\"rowKey\":");
                     out.push_str(&t.rid.1);
                     out.push('}');
-                    false
                 }
-                (None, None) => false,
-            };
-            if !put {
-                continue;
+                None => {}
             }
-            let (Some(row), Some(table)) = (&t.row, table) else {
-                continue;
-            };
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str("{\"op\":\"put\"");
-            out.push_str(table_name);
-            out.push_str(",\"value\":");
-            table.write_row_json(out, row);
-            out.push_str(",\"rowKey\":");
-            out.push_str(&t.rid.1);
-            out.push_str(",\"rowVersion\":");
-            write_json_str(out, &row.version);
-            out.push('}');
         }
         out.push_str("],\"queryErrors\":{");
         for (i, (hash, message)) in self.errors.iter().enumerate() {
@@ -447,17 +556,6 @@ impl<'g> Acc<'g> {
             write_json_str(out, message);
         }
         out.push_str("}}");
-    }
-}
-
-impl Drop for Acc<'_> {
-    /// A call that fails before `finish` leaves no touch marks behind.
-    fn drop(&mut self) {
-        for t in &self.list {
-            if let Some(r) = self.rows.get_mut(&t.rid) {
-                r.touched = 0;
-            }
-        }
     }
 }
 
@@ -708,29 +806,30 @@ impl Run<'_, '_, '_> {
         // A row the node already holds in another partition moved there in this advance (its
         // correlation value changed); it is dirty in this node, which is processed after this
         // parent, and will move then.
+        let mut rows = rows;
         let held = &self.st.nodes[node].rows;
-        // Limited partitions come in order from SQLite; unlimited ones are sets (see
-        // `plan::build_sql`).
-        let sorted: Vec<(Box<[Val]>, Arc<Row>)> = rows
-            .into_iter()
-            .filter(|r| !held.contains_key(&r.key))
-            .map(|r| (if np.limit.is_some() { np.sort_key(&r.vals) } else { Box::default() }, r))
-            .collect();
-        self.st.nodes[node].rows.reserve(sorted.len());
+        if !held.is_empty() {
+            rows.retain(|r| !held.contains_key(&r.key));
+        }
+        self.st.nodes[node].rows.reserve(rows.len());
         if np.synced {
             if np.counted {
-                self.st.rows.reserve(sorted.len());
+                self.st.rows.reserve(rows.len());
             }
-            self.acc.reserve(sorted.len());
+            self.acc.reserve(rows.len());
+            self.acc.interest.reserve_holders(rows.len());
         }
-        let keys: Vec<Arc<str>> = sorted.iter().map(|(_, r)| r.key.clone()).collect();
+        let keys: Vec<Arc<str>> = rows.iter().map(|r| r.key.clone()).collect();
         self.st.nodes[node]
             .parts
             .insert(key.clone(), Partition { refs: 1, keys });
         if let Some(reg) = self.partition_reg(node, &key) {
             self.acc.interest.register(&reg, self.st.key);
         }
-        for (slot, (sort, row)) in sorted.into_iter().enumerate() {
+        // Limited partitions come in order from SQLite; unlimited ones are sets (see
+        // `plan::build_sql`).
+        for (slot, row) in rows.into_iter().enumerate() {
+            let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
             self.add_entry(node, &key, &row, sort, slot)?;
         }
         Ok(())
@@ -1416,6 +1515,19 @@ impl QueryEngine {
     /// the group's other queries are advanced to that version first. Returns the group's patch.
     /// An AST that does not parse or compile raises [`Error::InvalidQuery`] and changes nothing.
     pub fn add_query(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Vec<u8>> {
+        let mut patches = Patches::default();
+        self.add_query_into(group, hash, ast_json, &mut patches)?;
+        Ok(patches.buf.into_bytes())
+    }
+
+    /// [`QueryEngine::add_query`], the patch as [`Changes`].
+    pub fn add_query_changes(&mut self, group: &str, hash: &str, ast_json: &str) -> Result<Changes> {
+        let mut out = Vec::with_capacity(1);
+        self.add_query_into(group, hash, ast_json, &mut out)?;
+        Ok(out.pop().expect("one patch"))
+    }
+
+    fn add_query_into(&mut self, group: &str, hash: &str, ast_json: &str, sink: &mut impl PatchSink) -> Result<()> {
         let ast = parse_ast_json(ast_json).map_err(|detail| Error::InvalidQuery { detail })?;
         let QueryEngine {
             db,
@@ -1424,7 +1536,7 @@ impl QueryEngine {
             next_group_id,
             ..
         } = self;
-        let (patch, counters) = db.read(|db, version| {
+        let ((), counters) = db.read(|db, version| {
             let plan = Arc::new(compile(&ast, &db.tables)?);
             let ctx = Ctx::new(db);
             let g = groups
@@ -1435,7 +1547,8 @@ impl QueryEngine {
             } else {
                 ChangeSet::empty(version)
             };
-            let mut acc = Acc::new(&mut g.rows, interest);
+            let call = g.begin_call();
+            let mut acc = Acc::new(&mut g.rows, interest, call);
             advance_group(
                 &ctx,
                 &mut g.queries,
@@ -1464,24 +1577,38 @@ impl QueryEngine {
                 Err(e) => fail(&mut query, hash, &e, &mut acc, &ctx),
             }
             g.queries.insert(hash.to_owned(), query);
-            let patch = acc.finish(&g.version, db);
-            Ok((patch, ctx.counters.into_inner()))
+            sink.push(acc, &g.version, db)?;
+            Ok(((), ctx.counters.into_inner()))
         })?;
         self.merge(&counters);
-        Ok(patch)
+        Ok(())
     }
 
     /// Removes query `hash` of `group`; returns the group's patch (the rows only it held are
     /// deleted). The group stays at its version.
     pub fn remove_query(&mut self, group: &str, hash: &str) -> Result<Vec<u8>> {
+        let mut patches = Patches::default();
+        self.remove_query_into(group, hash, &mut patches)?;
+        Ok(patches.buf.into_bytes())
+    }
+
+    /// [`QueryEngine::remove_query`], the patch as [`Changes`].
+    pub fn remove_query_changes(&mut self, group: &str, hash: &str) -> Result<Changes> {
+        let mut out = Vec::with_capacity(1);
+        self.remove_query_into(group, hash, &mut out)?;
+        Ok(out.pop().expect("one patch"))
+    }
+
+    fn remove_query_into(&mut self, group: &str, hash: &str, sink: &mut impl PatchSink) -> Result<()> {
         let g = self.groups.get_mut(group).ok_or_else(|| unknown_group(group))?;
-        let mut acc = Acc::new(&mut g.rows, &mut self.interest);
+        let call = g.begin_call();
+        let mut acc = Acc::new(&mut g.rows, &mut self.interest, call);
         if let Some(q) = g.queries.remove(hash) {
             if let Some(st) = q.state {
                 drop_state(st, &mut acc);
             }
         }
-        Ok(acc.finish(&g.version, &self.db))
+        sink.push(acc, &g.version, &self.db)
     }
 
     /// Advances each group to the replica's current version; one patch per group, in order.
@@ -1499,6 +1626,21 @@ impl QueryEngine {
     /// others keep their version, for a later call (so one caller can interleave other work,
     /// or other groups, between slices).
     pub fn advance_within(&mut self, group_names: &[&str], budget: u64) -> Result<Patches> {
+        let mut patches = Patches::default();
+        patches.ends.reserve(group_names.len());
+        self.advance_into(group_names, budget, &mut patches)?;
+        Ok(patches)
+    }
+
+    /// [`QueryEngine::advance`], each group's patch as [`Changes`].
+    pub fn advance_changes(&mut self, group_names: &[&str]) -> Result<Vec<Changes>> {
+        let mut out = Vec::with_capacity(group_names.len());
+        self.advance_into(group_names, u64::MAX, &mut out)?;
+        Ok(out)
+    }
+
+    /// Advances groups into `sink`; see [`QueryEngine::advance_within`].
+    fn advance_into(&mut self, group_names: &[&str], budget: u64, sink: &mut impl PatchSink) -> Result<()> {
         let QueryEngine {
             db,
             groups,
@@ -1506,7 +1648,7 @@ impl QueryEngine {
             next_group_id,
             ..
         } = self;
-        let (patches, counters) = db.read(|db, version| {
+        let ((), counters) = db.read(|db, version| {
             let ctx = Ctx::new(db);
             // The change log is read when the first group behind needs it, from that group's
             // version (groups usually share one); a group further behind makes it read once
@@ -1514,10 +1656,6 @@ impl QueryEngine {
             let mut set = ChangeSet::empty(version);
             let mut candidates = FastSet::default();
             let mut candidate_groups: FastSet<u32> = FastSet::default();
-            let mut empty_patch = String::new();
-            Acc::write_empty(version, &mut empty_patch);
-            let mut patches = Patches::default();
-            patches.ends.reserve(group_names.len());
             let mut spent: u64 = 0;
             for (i, &name) in group_names.iter().enumerate() {
                 if spent >= budget {
@@ -1550,7 +1688,8 @@ impl QueryEngine {
                 }
                 let read_before = ctx.rows_read();
                 let examine = candidate_groups.contains(&g.id).then_some(&candidates);
-                let mut acc = Acc::new(&mut g.rows, interest);
+                let call = g.begin_call();
+                let mut acc = Acc::new(&mut g.rows, interest, call);
                 advance_group(
                     &ctx,
                     &mut g.queries,
@@ -1564,16 +1703,15 @@ impl QueryEngine {
                     .saturating_add(1 + ctx.rows_read() - read_before)
                     .saturating_add(acc.list.len() as u64);
                 if acc.list.is_empty() && acc.errors.is_empty() && g.version == version {
-                    patches.buf.push_str(&empty_patch);
+                    sink.quiet(version);
                 } else {
-                    acc.finish_into(&g.version, db, &mut patches.buf);
+                    sink.push(acc, &g.version, db)?;
                 }
-                patches.ends.push(patches.buf.len());
             }
-            Ok((patches, ctx.counters.into_inner()))
+            Ok(((), ctx.counters.into_inner()))
         })?;
         self.merge(&counters);
-        Ok(patches)
+        Ok(())
     }
 
     /// For benchmarks: runs a read-only `SELECT` through the engine's connection in its own
@@ -1927,6 +2065,7 @@ fn _assert_send() {
 }
 
 mod fetch;
+use fetch::canonical_key_of;
 pub use fetch::{canonical_json, read_patch, PatchView, RecordArrays, RowChanges, RowOp};
 
 #[cfg(test)]

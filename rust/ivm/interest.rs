@@ -35,12 +35,19 @@ pub fn group_of(key: u64) -> u32 {
     (key >> 32) as u32
 }
 
-/// Registrations by query key (with a count: several nodes may register the same thing).
+/// Registrations by query key (with a count: several nodes may register the same thing). Most
+/// rows are held by one query or a few (a list is cheaper to build and to search than a map
+/// then); a row held by many, such as one every group syncs, gets a map.
 #[derive(Debug)]
 enum Queries {
     One { qk: u64, count: u32 },
-    Many(FastMap<u64, u32>),
+    Few(Vec<(u64, u32)>),
+    /// Boxed: one per widely held row, and the map of held rows stays small.
+    Many(Box<FastMap<u64, u32>>),
 }
+
+/// How many queries a `Queries::Few` holds at most.
+const FEW: usize = 16;
 
 impl Queries {
     fn new(qk: u64) -> Self {
@@ -51,11 +58,19 @@ impl Queries {
         match self {
             Queries::One { qk, count } if *qk == g => *count += 1,
             Queries::One { qk, count } => {
-                let mut many = FastMap::default();
-                many.insert(*qk, *count);
-                many.insert(g, 1);
-                *self = Queries::Many(many);
+                let mut few = Vec::with_capacity(4);
+                few.extend([(*qk, *count), (g, 1)]);
+                *self = Queries::Few(few);
             }
+            Queries::Few(few) => match few.iter().position(|(k, _)| *k == g) {
+                Some(i) => few[i].1 += 1,
+                None if few.len() < FEW => few.push((g, 1)),
+                None => {
+                    let mut many: FastMap<u64, u32> = few.drain(..).collect();
+                    many.insert(g, 1);
+                    *self = Queries::Many(Box::new(many));
+                }
+            },
             Queries::Many(many) => *many.entry(g).or_insert(0) += 1,
         }
     }
@@ -68,6 +83,15 @@ impl Queries {
                     *count -= 1;
                 }
                 *count == 0
+            }
+            Queries::Few(few) => {
+                if let Some(i) = few.iter().position(|(k, _)| *k == g) {
+                    few[i].1 -= 1;
+                    if few[i].1 == 0 {
+                        few.swap_remove(i);
+                    }
+                }
+                few.is_empty()
             }
             Queries::Many(many) => {
                 if let Some(c) = many.get_mut(&g) {
@@ -86,6 +110,7 @@ impl Queries {
             Queries::One { qk, .. } => {
                 out.insert(*qk);
             }
+            Queries::Few(few) => out.extend(few.iter().map(|&(k, _)| k)),
             Queries::Many(many) => out.extend(many.keys().copied()),
         }
     }
@@ -168,12 +193,18 @@ impl Interest {
 
     /// The query starts holding a row.
     pub fn hold(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
-        match self.holders.get_mut(rid) {
-            Some(g) => g.add(qk),
-            None => {
-                self.holders.insert(rid.clone(), Queries::new(qk));
+        use std::collections::hash_map::Entry;
+        match self.holders.entry(rid.clone()) {
+            Entry::Occupied(mut o) => o.get_mut().add(qk),
+            Entry::Vacant(v) => {
+                v.insert(Queries::new(qk));
             }
         }
+    }
+
+    /// Room for `additional` more held rows (a partition being hydrated).
+    pub fn reserve_holders(&mut self, additional: usize) {
+        self.holders.reserve(additional);
     }
 
     /// The query stops holding a row.
@@ -213,5 +244,49 @@ impl Interest {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.always.is_empty() && self.pins.is_empty() && self.holders.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(q: &Queries) -> Vec<u64> {
+        let mut out = FastSet::default();
+        q.extend_into(&mut out);
+        let mut v: Vec<u64> = out.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn held_row_entries_stay_small() {
+        // One per row held by any query: the map of held rows is the engine's largest.
+        assert!(std::mem::size_of::<Queries>() <= 32);
+    }
+
+    #[test]
+    fn registrations_count_per_query_through_every_representation() {
+        let mut q = Queries::new(0);
+        q.add(0);
+        for g in 1..40u64 {
+            q.add(g);
+            assert_eq!(keys(&q), (0..=g).collect::<Vec<_>>());
+        }
+        assert!(matches!(q, Queries::Many(_)));
+        // Query 0 registered twice: it stays until both are removed.
+        assert!(!q.remove(0));
+        assert_eq!(keys(&q)[0], 0);
+        for g in 0..39u64 {
+            assert!(!q.remove(g));
+        }
+        assert!(q.remove(39));
+        let mut few = Queries::new(7);
+        few.add(8);
+        assert!(matches!(few, Queries::Few(_)));
+        assert!(!few.remove(9), "an unknown query changes nothing");
+        assert!(!few.remove(7));
+        assert_eq!(keys(&few), vec![8]);
+        assert!(few.remove(8));
     }
 }

@@ -38,8 +38,12 @@
 //! EXISTS` as a correlated `NOT EXISTS (…)`), `start`, and for limited nodes `ORDER BY` the
 //! completed order and `LIMIT` (unlimited nodes are not ordered at all, which leaves SQLite free to
 //! use any index and skips its sorter). Literals are bound parameters, so queries of the same shape
-//! share prepared statements. Rows are read once; their client JSON is written while reading and
-//! only the columns the engine needs (order, correlation, key) become values.
+//! share prepared statements. Rows are read once; their client `put` op is written while reading
+//! (as bytes, checked to be UTF-8 once per row) and only the columns the engine needs (order,
+//! correlation) become values. A call's patch is either JSON (`add_query`, `advance`: the value
+//! copied out of each op) or, for the view syncer, a `RowChanges` (`add_query_changes`,
+//! `advance_changes`) that takes each op as it was written, with the engine's own table names,
+//! keys and versions, so nothing is encoded or parsed again between the engine and the poke.
 //!
 //! # Advancing from version A to B
 //!
@@ -115,8 +119,10 @@
 //!
 //! # Costs (bench/micro/test_ivm.py, reference data shape, instructions counted by callgrind)
 //!
-//! * Hydrating "files of 1,000 owners" (10k rows, 3.6 MB of patch): ~160 M instructions with an
-//!   index on `file.ownerId`, ~230 M without (a scan of 100k rows); roughly linear in the rows.
+//! * Hydrating "files of 1,000 owners" (10k rows, 3.6 MB of patch) with an index on
+//!   `file.ownerId`: ~134 M instructions (was ~152 M before the row-reading and bookkeeping
+//!   changes of issue 4), of which SQLite's stepping is ~46 M and rusqlite's column reads ~26 M;
+//!   linear in the rows (see bench/README.md for the times).
 //! * One single-row change advanced through 1,000 groups of one `file where ownerId = ?` query
 //!   each: ~2.8 M instructions (~2,700 per group: version bookkeeping, one row lookup shared by
 //!   all groups, a Rust evaluation of each query's condition, an empty patch); independent of

@@ -45,7 +45,9 @@ use crate::replica::table::ReplicaTable;
 use super::ast::{Ast, Condition, CorrelatedSubquery, Direction, Literal, SimpleOp, System, ValuePos};
 use super::interest::Reg;
 use super::like::{pattern_problem, LikePattern};
-use super::value::{utf8, write_i64, write_json_f64, write_json_str, write_key_json, Row, Val};
+use super::value::{
+    write_i64, write_i64_bytes, write_json_bytes, write_json_f64, write_json_str, write_key_json, Row, RowJson, Val,
+};
 
 /// Rows of a non-flipped `EXISTS` subquery synced per parent (`EXISTS_LIMIT`).
 pub const EXISTS_LIMIT: u64 = 3;
@@ -96,6 +98,8 @@ pub struct TableInfo {
     pub by_key_sql: String,
     /// Per column, `"name":` (with a leading `,` but for the first) for row JSON.
     json_names: Vec<String>,
+    /// `{"op":"put","tableName":<name>,"value":`, what a row's client op starts with.
+    put_prefix: String,
     /// The same per key column, in key order, for row keys.
     key_names: Vec<String>,
     /// The version of the table's last schema change (its newest `r` change-log entry): rows
@@ -151,6 +155,7 @@ impl TableInfo {
             pk,
             by_key_sql: String::new(),
             json_names,
+            put_prefix: String::new(),
             key_names: Vec::new(),
             min_version: None,
         };
@@ -165,6 +170,9 @@ impl TableInfo {
                 out
             })
             .collect();
+        info.put_prefix.push_str("{\"op\":\"put\",\"tableName\":");
+        write_json_str(&mut info.put_prefix, &info.name);
+        info.put_prefix.push_str(",\"value\":");
         let predicate: Vec<String> = info
             .pk
             .iter()
@@ -210,38 +218,44 @@ impl TableInfo {
         needed: Option<&[bool]>,
         cache: &mut ReadCache,
     ) -> rusqlite::Result<Row> {
-        use rusqlite::types::ValueRef;
         let n = self.cols.len();
-        let mut vals = Vec::with_capacity(n);
+        // Values stop after the last column needed (none at all, often).
+        let width = needed.map_or(n, |mask| mask.iter().rposition(|&w| w).map_or(0, |i| i + 1));
+        let mut vals = Vec::with_capacity(width);
         // Sized for the longest row so far, so that it never grows (nor shrinks) afterwards.
-        let mut json = needed.map(|_| String::with_capacity(cache.json_len.max(64)));
+        // Bytes, checked to be UTF-8 once for the whole row.
+        let mut json = needed.map(|_| Vec::with_capacity(cache.json_len.max(64)));
         if let Some(out) = json.as_mut() {
-            out.push('{');
+            out.extend_from_slice(self.put_prefix.as_bytes());
+            out.push(b'{');
         }
         for i in 0..n {
             let value = r.get_ref(i)?;
-            let wanted = needed.map_or(true, |mask| mask[i]);
-            match (json.as_mut(), value) {
-                (Some(out), ValueRef::Text(t)) if self.cols[i].ty != ColType::Json => {
-                    // Validated once for both the JSON and the value.
-                    let text = utf8(t);
-                    out.push_str(&self.json_names[i]);
-                    write_json_str(out, &text);
-                    vals.push(if wanted { Val::Text(Arc::from(text.as_ref())) } else { Val::Null });
-                }
-                (out, _) => {
-                    if let Some(out) = out {
-                        out.push_str(&self.json_names[i]);
-                        write_value_json(out, self.cols[i].ty, value);
-                    }
-                    vals.push(if wanted { Val::from_ref(value) } else { Val::Null });
-                }
+            if let Some(out) = json.as_mut() {
+                out.extend_from_slice(self.json_names[i].as_bytes());
+                write_value_json_bytes(out, self.cols[i].ty, value);
+            }
+            if i < width {
+                let wanted = needed.map_or(true, |mask| mask[i]);
+                vals.push(if wanted { Val::from_ref(value) } else { Val::Null });
             }
         }
-        if let Some(out) = json.as_mut() {
-            out.push('}');
-            cache.json_len = cache.json_len.max(out.len() + out.len() / 4);
-        }
+        let json = match json {
+            None => None,
+            Some(mut out) => {
+                out.extend_from_slice(b"}}");
+                cache.json_len = cache.json_len.max(out.len() + out.len() / 4);
+                let op = match String::from_utf8(out) {
+                    Ok(text) => text,
+                    // Stored text that is not UTF-8: written again, invalid sequences as U+FFFD.
+                    Err(_) => self.row_json_lossy(r)?,
+                };
+                Some(RowJson {
+                    op,
+                    value_start: self.put_prefix.len(),
+                })
+            }
+        };
         let version: Arc<str> = match r.get_ref(n)? {
             rusqlite::types::ValueRef::Text(t) => match &cache.version {
                 Some(v) if v.as_bytes() == t => v.clone(),
@@ -272,6 +286,29 @@ impl TableInfo {
             version,
             json,
         })
+    }
+
+    /// A row's client op written from text checked column by column.
+    fn row_json_lossy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<String> {
+        let mut out = self.put_prefix.clone();
+        out.push('{');
+        for (i, c) in self.cols.iter().enumerate() {
+            out.push_str(&self.json_names[i]);
+            write_value_json(&mut out, c.ty, r.get_ref(i)?);
+        }
+        out.push_str("}}");
+        Ok(out)
+    }
+
+    /// The row's client `put` op (see [`RowJson`]).
+    #[must_use]
+    pub fn put_op(&self, row: &Row) -> String {
+        let value = row.json.as_ref().map_or(256, |j| j.value().len());
+        let mut op = String::with_capacity(self.put_prefix.len() + value + 1);
+        op.push_str(&self.put_prefix);
+        self.write_row_json(&mut op, row);
+        op.push('}');
+        op
     }
 
     /// The row key: a JSON object of the primary-key columns in key order (the change log's
@@ -319,7 +356,7 @@ impl TableInfo {
     /// `true`/`false`, json/jsonb/arrays as parsed JSON.
     pub fn write_row_json(&self, out: &mut String, row: &Row) {
         if let Some(json) = &row.json {
-            out.push_str(json);
+            out.push_str(json.value());
             return;
         }
         out.push('{');
@@ -361,6 +398,23 @@ fn write_value_json(out: &mut String, ty: ColType, value: rusqlite::types::Value
             Ok(text) => write_json_str(out, text),
             Err(_) => write_json_str(out, &String::from_utf8_lossy(t)),
         },
+    }
+}
+
+/// [`write_value_json`] into bytes (text not checked to be UTF-8: the caller checks the whole
+/// buffer).
+fn write_value_json_bytes(out: &mut Vec<u8>, ty: ColType, value: rusqlite::types::ValueRef<'_>) {
+    use rusqlite::types::ValueRef;
+    match (ty, value) {
+        (_, ValueRef::Null | ValueRef::Blob(_)) => out.extend_from_slice(b"null"),
+        (ColType::Boolean, ValueRef::Integer(n)) => out.extend_from_slice(if n != 0 { b"true" } else { b"false" }),
+        (ColType::Json, ValueRef::Text(_)) | (_, ValueRef::Real(_)) => {
+            let mut text = String::new();
+            write_value_json(&mut text, ty, value);
+            out.extend_from_slice(text.as_bytes());
+        }
+        (_, ValueRef::Integer(n)) => write_i64_bytes(out, n),
+        (_, ValueRef::Text(t)) => write_json_bytes(out, t),
     }
 }
 

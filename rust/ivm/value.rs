@@ -262,10 +262,27 @@ pub fn part_key(vals: &[Val], columns: &[usize]) -> Option<PartKey> {
 pub struct Row {
     pub key: Arc<str>,
     /// Every stored column, or (rows read for a partition) only the columns the engine looks
-    /// at, the others NULL; then `json` holds the client value.
+    /// at, the others NULL and those after the last one looked at left out; then `json` holds
+    /// the client value.
     pub vals: Box<[Val]>,
     pub version: Arc<str>,
-    pub json: Option<String>,
+    pub json: Option<RowJson>,
+}
+
+/// A row's client `put` op, `{"op":"put","tableName":…,"value":{…}}`, written when the row is
+/// read: a patch copies the value out of it, a view syncer's `RowChanges` takes it whole.
+#[derive(Debug)]
+pub struct RowJson {
+    pub op: String,
+    /// Where the value starts in `op` (it ends before the last `}`).
+    pub value_start: usize,
+}
+
+impl RowJson {
+    #[must_use]
+    pub fn value(&self) -> &str {
+        &self.op[self.value_start..self.op.len() - 1]
+    }
 }
 
 /// Two decimal digits per entry, "00" to "99".
@@ -278,6 +295,25 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 /// Appends an integer in decimal (two digits at a time, without the formatting machinery).
 pub fn write_i64(out: &mut String, n: i64) {
     let mut buf = [0u8; 20];
+    let digits = i64_digits(n, &mut buf);
+    if n < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(digits).expect("ASCII digits"));
+}
+
+/// [`write_i64`] into bytes.
+pub fn write_i64_bytes(out: &mut Vec<u8>, n: i64) {
+    let mut buf = [0u8; 20];
+    let digits = i64_digits(n, &mut buf);
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(digits);
+}
+
+/// The decimal digits of `|n|`, at the end of `buf`.
+fn i64_digits(n: i64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut m = n.unsigned_abs();
     while m >= 100 {
@@ -294,10 +330,7 @@ pub fn write_i64(out: &mut String, n: i64) {
         i -= 1;
         buf[i] = b'0' + m as u8;
     }
-    if n < 0 {
-        out.push('-');
-    }
-    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
+    &buf[i..]
 }
 
 /// Whether `s` has a byte JSON strings must escape (`"`, `\`, control characters), eight
@@ -354,6 +387,44 @@ pub fn write_json_str(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// [`write_json_str`] of stored text into bytes, without checking that it is UTF-8 (the caller
+/// checks the whole buffer once): the same bytes as `write_json_str` for UTF-8 text.
+pub fn write_json_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    if !needs_escape(s) {
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
 }
 
 /// Appends a number as JavaScript's `JSON.stringify` would write it for integral values (no
@@ -491,6 +562,21 @@ mod tests {
             out.push(' ');
         }
         assert_eq!(out, format!("0 7 -7 1234567890123 {} {} ", i64::MIN, i64::MAX));
+    }
+
+    #[test]
+    fn json_bytes_are_json_strings() {
+        for s in ["", "plain", "a\"b\\c\nd\u{1}\u{1f}é\u{8}\u{c}\r\t", "long enough to take the eight-byte path \u{7}!"] {
+            let (mut text, mut bytes) = (String::new(), Vec::new());
+            write_json_str(&mut text, s);
+            write_json_bytes(&mut bytes, s.as_bytes());
+            assert_eq!(String::from_utf8(bytes).unwrap(), text);
+        }
+        for n in [0, 9, 10, -99, 100, i64::MIN, i64::MAX] {
+            let mut bytes = Vec::new();
+            write_i64_bytes(&mut bytes, n);
+            assert_eq!(String::from_utf8(bytes).unwrap(), n.to_string());
+        }
     }
 
     #[test]

@@ -80,6 +80,26 @@ impl QueryEngine {
         Ok(PyBytes::new(py, &patch))
     }
 
+    fn add_query_changes(&self, py: Python<'_>, group: &str, query_hash: &str, ast_json: &str) -> PyResult<GroupChanges> {
+        let changes = self.with(py, |e| e.add_query_changes(group, query_hash, ast_json))?;
+        Ok(group_changes(changes))
+    }
+
+    fn remove_query_changes(&self, py: Python<'_>, group: &str, query_hash: &str) -> PyResult<GroupChanges> {
+        let changes = self.with(py, |e| e.remove_query_changes(group, query_hash))?;
+        Ok(group_changes(changes))
+    }
+
+    fn advance_changes<'py>(
+        &self,
+        py: Python<'py>,
+        groups: Vec<Bound<'py, PyString>>,
+    ) -> PyResult<Vec<(Bound<'py, PyString>, GroupChanges)>> {
+        let names = groups.iter().map(|g| g.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let changes = self.with(py, |e| e.advance_changes(&names))?;
+        Ok(groups.iter().cloned().zip(changes.into_iter().map(group_changes)).collect())
+    }
+
     fn advance<'py>(&self, py: Python<'py>, groups: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyList>> {
         let (patches, _) = self.advance_slice(py, &groups, u64::MAX)?;
         Ok(patches)
@@ -139,6 +159,13 @@ impl QueryEngine {
     }
 }
 
+/// A group's patch for the view syncer: `(version, rows, {query hash: error})`.
+type GroupChanges = (String, RowChanges, HashMap<String, String>);
+
+fn group_changes(changes: ivm::engine::Changes) -> GroupChanges {
+    (changes.version, RowChanges { inner: changes.rows }, changes.errors.into_iter().collect())
+}
+
 /// `(version, [(table, key, row_version | None, op_json)], {query hash: error})`.
 type PatchRows = (String, Vec<(String, String, Option<String>, String)>, HashMap<String, String>);
 
@@ -147,7 +174,10 @@ fn read_patch(py: Python<'_>, patch: &[u8]) -> PyResult<PatchRows> {
     let view = py.detach(|| ivm::engine::read_patch(patch))?;
     Ok((
         view.version,
-        view.rows.into_iter().map(|r| (r.table, r.key, r.row_version, r.op)).collect(),
+        view.rows
+            .into_iter()
+            .map(|r| (r.table.to_string(), r.key.to_string(), r.row_version.map(|v| v.to_string()), r.op))
+            .collect(),
         view.query_errors.into_iter().collect(),
     ))
 }
@@ -172,9 +202,10 @@ impl RowChanges {
     fn of_records(records: Vec<(String, String, Option<String>)>) -> Self {
         let mut out = RowChanges::default();
         for (table, key, row_version) in records {
+            let (table, key): (Arc<str>, Arc<str>) = (Arc::from(table), Arc::from(key));
             out.inner.insert(match row_version {
-                None => ivm::engine::RowOp::deleted(&table, &key),
-                Some(v) => ivm::engine::RowOp { table, key, row_version: Some(v), op: String::new() },
+                None => ivm::engine::RowOp::deleted(table, key),
+                Some(v) => ivm::engine::RowOp { table, key, row_version: Some(Arc::from(v)), op: String::new() },
             });
         }
         out
@@ -191,7 +222,7 @@ impl RowChanges {
     }
 
     fn delete(&mut self, table: &str, key: &str) {
-        self.inner.insert(ivm::engine::RowOp::deleted(table, key));
+        self.inner.insert(ivm::engine::RowOp::deleted(Arc::from(table), Arc::from(key)));
     }
 
     fn diff_recorded(&mut self, py: Python<'_>, recorded: HashMap<(String, String), String>) {
@@ -199,8 +230,8 @@ impl RowChanges {
         py.detach(|| inner.diff_recorded(&recorded));
     }
 
-    fn records(&self) -> Vec<(String, String, Option<String>)> {
-        self.inner.rows().iter().map(|r| (r.table.clone(), r.key.clone(), r.row_version.clone())).collect()
+    fn records(&self) -> Vec<(&str, &str, Option<&str>)> {
+        self.inner.rows().iter().map(|r| (&*r.table, &*r.key, r.row_version.as_deref())).collect()
     }
 
     fn poke_ops<'py>(
@@ -212,13 +243,13 @@ impl RowChanges {
         let rows = self.inner.rows();
         let plain = PyList::new(
             py,
-            rows.iter().filter(|r| r.table != clients_table && r.table != mutations_table).map(|r| r.op.as_str()),
+            rows.iter().filter(|r| &*r.table != clients_table && &*r.table != mutations_table).map(|r| r.op.as_str()),
         )?;
         let special = PyList::new(
             py,
             rows.iter()
-                .filter(|r| r.table == clients_table || r.table == mutations_table)
-                .map(|r| (r.table.as_str(), r.op.as_str(), r.row_version.is_none())),
+                .filter(|r| &*r.table == clients_table || &*r.table == mutations_table)
+                .map(|r| (&*r.table, r.op.as_str(), r.row_version.is_none())),
         )?;
         Ok((plain, special))
     }

@@ -339,6 +339,15 @@ NOT_EXISTS_QUERY = {
 }
 
 
+def same_changes(patch: bytes, changes: tuple[str, _native.RowChanges, dict[str, str]]) -> None:
+    """The view syncer's form of a patch (`*_changes` methods) says what the JSON patch says."""
+    expected = _native.RowChanges()
+    version, errors = expected.merge(patch)
+    assert (changes[0], changes[2]) == (version, errors)
+    assert changes[1].records() == expected.records()
+    assert changes[1].poke_ops("", "") == expected.poke_ops("", "")
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], max_examples=settings().max_examples)
 @given(
     asts=st.lists(queries(), min_size=1, max_size=4),
@@ -380,6 +389,22 @@ def test_incremental_patches_equal_the_oracle(asts: list[dict[str, Any]], txns: 
     with tempfile.TemporaryDirectory() as tmp:
         replica = Replica.create(Path(tmp), TLDRAW, initial_rows(), chunk=37)
         engine = _native.QueryEngine(str(replica.path))
+        # A twin engine gets the same calls, answered as `RowChanges`.
+        twin = _native.QueryEngine(str(replica.path))
+
+        def add(group: str, hash_: str, ast: dict[str, Any]) -> bytes:
+            patch = engine.add_query(group, hash_, json.dumps(ast))
+            same_changes(patch, twin.add_query_changes(group, hash_, json.dumps(ast)))
+            return patch
+
+        def advance(names: list[str]) -> list[tuple[str, bytes]]:
+            patches = engine.advance(names)
+            changes = twin.advance_changes(names)
+            assert [name for name, _ in changes] == [name for name, _ in patches]
+            for (_, patch), (_, c) in zip(patches, changes, strict=True):
+                same_changes(patch, c)
+            return patches
+
         # Group "a" has every query but the last, group "b" the last one and the first (shared
         # rows across groups); group "b" is advanced only every `lagging`-th transaction, and
         # gets the last query of "a" added midway (hydration at a newer version).
@@ -387,29 +412,31 @@ def test_incremental_patches_equal_the_oracle(asts: list[dict[str, Any]], txns: 
         views = {"a": ClientView(), "b": ClientView()}
         for i, ast in enumerate(asts[:-1] or asts):
             groups["a"][f"q{i}"] = ast
-            views["a"].apply(engine.add_query("a", f"q{i}", json.dumps(ast)))
+            views["a"].apply(add("a", f"q{i}", ast))
         groups["b"]["last"] = asts[-1]
-        views["b"].apply(engine.add_query("b", "last", json.dumps(asts[-1])))
+        views["b"].apply(add("b", "last", asts[-1]))
         check(engine, replica, "a", views["a"], groups["a"], "after hydration (a)")
         check(engine, replica, "b", views["b"], groups["b"], "after hydration (b)")
         for step, specs in enumerate(txns):
             version = replica.transaction(interpret(replica, specs))
             names = ["a"] if lagging and step % (lagging + 1) else ["a", "b"]
-            for name, patch in engine.advance(names):
+            for name, patch in advance(names):
                 views[name].apply(patch)
                 assert engine.group_version(name) == version
                 check(engine, replica, name, views[name], groups[name], f"step {step} ({name})")
             if step == len(txns) // 2:
                 groups["b"]["first"] = asts[0]
-                views["b"].apply(engine.add_query("b", "first", json.dumps(asts[0])))
+                views["b"].apply(add("b", "first", asts[0]))
                 check(engine, replica, "b", views["b"], groups["b"], f"step {step} add (b)")
-        for name, patch in engine.advance(["a", "b"]):
+        for name, patch in advance(["a", "b"]):
             views[name].apply(patch)
             check(engine, replica, name, views[name], groups[name], f"end ({name})")
         # Removing every query deletes every row.
         for name in ("a", "b"):
             for hash_ in list(groups[name]):
-                views[name].apply(engine.remove_query(name, hash_))
+                patch = engine.remove_query(name, hash_)
+                same_changes(patch, twin.remove_query_changes(name, hash_))
+                views[name].apply(patch)
             assert views[name].rows == {}
         stats = engine.statistics()
         assert stats["queries"] == 0 and stats["group_rows"] == 0

@@ -182,7 +182,7 @@ class ViewSyncerService:
             out: list[Patch | str] = []
             for query_hash, ast_json in adds:
                 try:
-                    out.append(_patch(engine.add_query(group_id, query_hash, ast_json)))
+                    out.append(engine.add_query_changes(group_id, query_hash, ast_json))
                 except _native.InvalidQueryError as e:
                     out.append(str(e))
             return out
@@ -192,10 +192,10 @@ class ViewSyncerService:
         return patches
 
     async def engine_remove(self, group_id: str, query_hash: str) -> Patch:
-        return await self._in_engine(lambda e: _patch(e.remove_query(group_id, query_hash)))
+        return await self._in_engine(lambda e: e.remove_query_changes(group_id, query_hash))
 
     async def engine_advance(self, group_ids: list[str]) -> dict[str, Patch]:
-        return await self._in_engine(lambda e: {g: _patch(p) for g, p in e.advance(group_ids)})
+        return await self._in_engine(lambda e: dict(e.advance_changes(group_ids)))
 
     async def fetch_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The current rows, by (table, canonical key): their encoded `put` ops."""
@@ -645,13 +645,6 @@ def _load_glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _load_glibc()
-
-
-def _patch(patch: bytes) -> Patch:
-    """An engine patch read into its row changes (in the engine's worker thread)."""
-    rows = _native.RowChanges()
-    version, errors = rows.merge(patch)
-    return version, rows, errors
 
 
 async def _send_loop(handle: Connection, receive: trio.MemoryReceiveChannel[Outgoing]) -> None:

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rusqlite::{params_from_iter, OptionalExtension};
 use serde::Deserialize;
@@ -19,7 +20,7 @@ use serde_json::Value;
 
 use super::QueryEngine;
 use crate::error::{Error, Result};
-use crate::ivm::value::write_json_str;
+use crate::ivm::value::{write_json_str, FastMap};
 
 impl QueryEngine {
     /// The current value of each `(table, row key)` (row keys as in patches), read in one read
@@ -152,28 +153,29 @@ struct OpIn<'a> {
 }
 
 /// One row of a patch: its table, canonical key, version (`None`: deleted) and client op
-/// (`{"op":"put","tableName","value"}` or `{"op":"del","tableName","id"}`).
+/// (`{"op":"put","tableName","value"}` or `{"op":"del","tableName","id"}`). Table names, keys
+/// and versions are shared with the engine's own (no copy per row).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowOp {
-    pub table: String,
-    pub key: String,
-    pub row_version: Option<String>,
+    pub table: Arc<str>,
+    pub key: Arc<str>,
+    pub row_version: Option<Arc<str>>,
     pub op: String,
 }
 
 impl RowOp {
     /// The `del` op of a row known by its table and canonical key.
     #[must_use]
-    pub fn deleted(table: &str, key: &str) -> RowOp {
+    pub fn deleted(table: Arc<str>, key: Arc<str>) -> RowOp {
         let mut op = String::with_capacity(40 + table.len() + key.len());
         op.push_str("{\"op\":\"del\",\"tableName\":");
-        write_json_str(&mut op, table);
+        write_json_str(&mut op, &table);
         op.push_str(",\"id\":");
-        op.push_str(key);
+        op.push_str(&key);
         op.push('}');
         RowOp {
-            table: table.to_owned(),
-            key: key.to_owned(),
+            table,
+            key,
             row_version: None,
             op,
         }
@@ -198,6 +200,15 @@ fn canonical_key(raw: &str) -> Result<String> {
         Ok(raw.to_owned())
     } else {
         canonical_json(raw)
+    }
+}
+
+/// [`canonical_key`] of a key the engine holds: the same text when it is canonical already.
+pub(crate) fn canonical_key_of(raw: &Arc<str>) -> Result<Arc<str>> {
+    if is_compact_single_member(raw.as_bytes()) {
+        Ok(raw.clone())
+    } else {
+        canonical_json(raw).map(Arc::from)
     }
 }
 
@@ -230,8 +241,13 @@ fn is_compact_single_member(b: &[u8]) -> bool {
 pub fn read_patch(patch: &[u8]) -> Result<PatchView> {
     let patch: PatchIn<'_> = serde_json::from_slice(patch).map_err(|e| malformed("query engine patch", e.to_string()))?;
     let mut rows = Vec::with_capacity(patch.ops.len());
+    let mut table: Arc<str> = Arc::from("");
     for op in patch.ops {
-        let key = canonical_key(op.row_key.get())?;
+        let key: Arc<str> = Arc::from(canonical_key(op.row_key.get())?);
+        // Consecutive ops mostly name the same table: one name for all of them.
+        if *table != *op.table {
+            table = Arc::from(op.table.as_ref());
+        }
         let row = match (op.op.as_ref(), op.value, op.row_version) {
             ("put", Some(value), Some(version)) => {
                 let value = value.get();
@@ -242,13 +258,13 @@ pub fn read_patch(patch: &[u8]) -> Result<PatchView> {
                 text.push_str(value);
                 text.push('}');
                 RowOp {
-                    table: op.table.into_owned(),
+                    table: table.clone(),
                     key,
-                    row_version: Some(version.into_owned()),
+                    row_version: Some(Arc::from(version.as_ref())),
                     op: text,
                 }
             }
-            ("del", _, _) => RowOp::deleted(&op.table, &key),
+            ("del", _, _) => RowOp::deleted(table.clone(), key),
             (other, _, _) => return Err(malformed("query engine patch", format!("unusable op {other:?}"))),
         };
         rows.push(row);
@@ -265,11 +281,24 @@ pub fn read_patch(patch: &[u8]) -> Result<PatchView> {
 /// and the CVR flush's row records are built from, without a Python object per row.
 #[derive(Default)]
 pub struct RowChanges {
-    slots: HashMap<(String, String), usize>,
+    /// Each row's index in `rows`, by (table, key), once `indexed` (see [`RowChanges::of_unique`]).
+    slots: FastMap<(Arc<str>, Arc<str>), usize>,
+    indexed: bool,
     rows: Vec<RowOp>,
 }
 
 impl RowChanges {
+    /// Rows known to name each (table, key) once (an engine call's patch): nothing is indexed
+    /// until more rows come in.
+    #[must_use]
+    pub fn of_unique(rows: Vec<RowOp>) -> RowChanges {
+        RowChanges {
+            slots: FastMap::default(),
+            indexed: false,
+            rows,
+        }
+    }
+
     #[must_use]
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -284,8 +313,20 @@ impl RowChanges {
         &self.rows
     }
 
+    fn index(&mut self) {
+        if !self.indexed {
+            self.slots.clear();
+            self.slots.reserve(self.rows.len());
+            for (i, r) in self.rows.iter().enumerate() {
+                self.slots.insert((r.table.clone(), r.key.clone()), i);
+            }
+            self.indexed = true;
+        }
+    }
+
     pub fn insert(&mut self, row: RowOp) {
         use std::collections::hash_map::Entry;
+        self.index();
         match self.slots.entry((row.table.clone(), row.key.clone())) {
             Entry::Occupied(o) => self.rows[*o.get()] = row,
             Entry::Vacant(v) => {
@@ -310,14 +351,16 @@ impl RowChanges {
 
     /// Moves `other`'s rows in after this one's.
     pub fn absorb(&mut self, other: &mut RowChanges) {
+        let theirs = std::mem::take(other);
         if self.rows.is_empty() {
-            std::mem::swap(self, other);
+            *self = theirs;
             return;
         }
-        for row in other.rows.drain(..) {
+        self.index();
+        self.slots.reserve(theirs.rows.len());
+        for row in theirs.rows {
             self.insert(row);
         }
-        other.slots.clear();
     }
 
     /// Against what the CVR records (`(table, key)` → row version): keeps the puts of rows not
@@ -328,14 +371,13 @@ impl RowChanges {
             .rows
             .iter()
             .filter(|r| r.row_version.is_some())
-            .map(|r| (r.table.clone(), r.key.clone()))
+            .map(|r| (r.table.to_string(), r.key.to_string()))
             .collect();
-        let rows = std::mem::take(&mut self.rows);
-        self.slots.clear();
+        let rows = std::mem::take(self).rows;
         for r in rows {
-            let slot = (r.table.clone(), r.key.clone());
+            let slot = (r.table.to_string(), r.key.to_string());
             let keep = match &r.row_version {
-                Some(v) => recorded.get(&slot) != Some(v),
+                Some(v) => recorded.get(&slot).map(String::as_str) != Some(&**v),
                 None => recorded.contains_key(&slot),
             };
             if keep {
@@ -345,7 +387,7 @@ impl RowChanges {
         let mut gone: Vec<&(String, String)> = recorded.keys().filter(|k| !held.contains(*k)).collect();
         gone.sort();
         for (table, key) in gone {
-            self.insert(RowOp::deleted(table, key));
+            self.insert(RowOp::deleted(Arc::from(table.as_str()), Arc::from(key.as_str())));
         }
     }
 
@@ -445,7 +487,7 @@ mod tests {
             "queryErrors":{"q1":"boom"}}"#;
         let view = read_patch(patch).unwrap();
         assert_eq!(view.version, "5a");
-        assert_eq!(view.rows[0].key, r#"{"fileId":"f1","userId":"u1"}"#);
+        assert_eq!(&*view.rows[0].key, r#"{"fileId":"f1","userId":"u1"}"#);
         assert_eq!(view.rows[0].row_version.as_deref(), Some("4z"));
         assert_eq!(
             view.rows[0].op,
@@ -480,18 +522,42 @@ mod tests {
         assert_eq!(rows.merge(first.as_bytes()).unwrap(), ("1".to_owned(), vec![]));
         assert_eq!(rows.merge(second.as_bytes()).unwrap(), ("2".to_owned(), vec![("q".to_owned(), "x".to_owned())]));
         let got: Vec<(&str, &str, Option<&str>)> =
-            rows.rows().iter().map(|r| (r.table.as_str(), r.key.as_str(), r.row_version.as_deref())).collect();
+            rows.rows().iter().map(|r| (&*r.table, &*r.key, r.row_version.as_deref())).collect();
         assert_eq!(
             got,
             vec![("t", r#"{"id":"a"}"#, None), ("t", r#"{"id":"b"}"#, Some("1")), ("u", r#"{"id":"a"}"#, Some("2"))]
         );
         assert_eq!(rows.rows()[0].op, r#"{"op":"del","tableName":"t","id":{"id":"a"}}"#);
         let mut more = RowChanges::default();
-        more.insert(RowOp::deleted("t", r#"{"id":"b"}"#));
+        more.insert(RowOp::deleted("t".into(), r#"{"id":"b"}"#.into()));
         rows.absorb(&mut more);
         assert!(more.is_empty());
         assert_eq!(rows.len(), 3);
         assert_eq!(rows.rows()[1].row_version, None);
+    }
+
+    #[test]
+    fn unique_rows_are_indexed_once_more_rows_come_in() {
+        let op = |key: &str, version: &str| RowOp {
+            table: "t".into(),
+            key: key.into(),
+            row_version: Some(version.into()),
+            op: String::new(),
+        };
+        let mut rows = RowChanges::of_unique(vec![op("a", "1"), op("b", "1")]);
+        rows.insert(op("a", "2"));
+        let mut more = RowChanges::of_unique(vec![op("b", "3"), op("c", "3")]);
+        rows.absorb(&mut more);
+        assert!(more.is_empty());
+        let got: Vec<(&str, Option<&str>)> = rows.rows().iter().map(|r| (&*r.key, r.row_version.as_deref())).collect();
+        assert_eq!(got, vec![("a", Some("2")), ("b", Some("3")), ("c", Some("3"))]);
+        // Absorbed into an empty set, unique rows stay unindexed until another insert.
+        let mut empty = RowChanges::default();
+        let mut unique = RowChanges::of_unique(vec![op("a", "1")]);
+        empty.absorb(&mut unique);
+        empty.insert(op("a", "4"));
+        assert_eq!(empty.len(), 1);
+        assert_eq!(empty.rows()[0].row_version.as_deref(), Some("4"));
     }
 
     #[test]
@@ -513,7 +579,7 @@ mod tests {
         .map(|((t, k), v)| ((t.to_owned(), k.to_owned()), v.to_owned()))
         .collect();
         rows.diff_recorded(&recorded);
-        let got: Vec<(&str, Option<&str>)> = rows.rows().iter().map(|r| (r.key.as_str(), r.row_version.as_deref())).collect();
+        let got: Vec<(&str, Option<&str>)> = rows.rows().iter().map(|r| (&*r.key, r.row_version.as_deref())).collect();
         assert_eq!(got, vec![(r#"{"id":"newer"}"#, Some("2")), (r#"{"id":"d"}"#, None), (r#"{"id":"gone"}"#, None)]);
     }
 
@@ -521,7 +587,7 @@ mod tests {
     fn record_arrays_are_sorted_escaped_literals() {
         let mut rows = RowChanges::default();
         rows.insert(RowOp { table: "t".into(), key: r#"{"id":"b\\"}"#.into(), row_version: Some("2".into()), op: String::new() });
-        rows.insert(RowOp::deleted("t", r#"{"id":"c"}"#));
+        rows.insert(RowOp::deleted("t".into(), r#"{"id":"c"}"#.into()));
         rows.insert(RowOp { table: "t".into(), key: r#"{"id":"a"}"#.into(), row_version: Some("1".into()), op: String::new() });
         let mut arrays = RecordArrays::default();
         rows.write_records("g", "9", &mut arrays);

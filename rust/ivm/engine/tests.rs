@@ -670,3 +670,33 @@ fn index_suggestions_cover_correlations_and_root_filters() {
         ]
     );
 }
+
+#[test]
+fn client_json_escapes_text_and_replaces_invalid_utf8() {
+    let mut r = TestReplica::new();
+    seed(&mut r);
+    r.tx(&[file("f9", "q\"\\\n\u{1}é", "u9", 1)]);
+    r.conn
+        .execute(r#"UPDATE "file" SET "name" = CAST(x'61ff62' AS TEXT) WHERE "id" = 'f4'"#, [])
+        .unwrap();
+    let q = r#"{"table":"file"}"#;
+    let mut e = QueryEngine::open(&r.path).unwrap();
+    let patch = e.add_query("g", "q", q).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&patch).unwrap();
+    let names: BTreeMap<String, String> = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| (op["value"]["id"].as_str().unwrap().to_owned(), op["value"]["name"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(names["f9"], "q\"\\\n\u{1}é");
+    assert_eq!(names["f4"], "a\u{FFFD}b");
+    assert_eq!(names["f1"], "alpha");
+    // The view syncer's form of the same patch.
+    let mut twin = QueryEngine::open(&r.path).unwrap();
+    let changes = twin.add_query_changes("g", "q", q).unwrap();
+    let mut merged = RowChanges::default();
+    merged.merge(&patch).unwrap();
+    assert_eq!(changes.rows.rows(), merged.rows());
+    assert_eq!(changes.version, v["version"].as_str().unwrap());
+}
