@@ -11,7 +11,7 @@ WebSocket, no Zero client: the edge's cost is not in these figures) that timesta
 Baselines measured in the same run:
 
 * hydration: the same query run directly on Postgres (`SELECT` over the same rows), and the
-  query engine's `add_query` alone on the same replica;
+  query engine's `add_query_changes` alone (what the view syncer calls) on the same replica;
 * commit → client: commit → the replica's watermark (replication alone);
 * many clients, fan-out: zero-cache's figures from reference-figures.md (not measurable here).
 
@@ -204,7 +204,7 @@ async def hydration(run: Run, users: int, samples: int) -> dict[str, Any]:
         for i in range(n):
             ast = json.dumps(make(i * 7 + 1))
             start = time.perf_counter()
-            await trio.to_thread.run_sync(engine.add_query, f"e{label}-{i}", "q", ast)
+            await trio.to_thread.run_sync(engine.add_query_changes, f"e{label}-{i}", "q", ast)
             times.append(time.perf_counter() - start)
         out[f"engine_{label}"] = times
     return out
