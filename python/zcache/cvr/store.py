@@ -80,7 +80,7 @@ class CVRStore:
         self._limiter = trio.CapacityLimiter(max_conns)
         self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
         self._closed = False
-        self._flush_sql = self._q(_FLUSH_SQL)
+        self._flush_sql: dict[str, sql.Composed] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -292,7 +292,11 @@ class CVRStore:
         ids = [f.instance.group_id for f in flushes]
         assert len(set(ids)) == len(ids), "one flush per client group"
         params = _flush_params(self.owner, flushes)
-        stored = conn.execute(self._flush_sql, params).fetchall()
+        text = _flush_text(params)
+        statement = self._flush_sql.get(text)
+        if statement is None:
+            statement = self._flush_sql[text] = self._q(text)
+        stored = conn.execute(statement, params).fetchall()
         rejected = {r[0] for r in stored}
         for gid, version, owner, expected in stored:
             log.info(
@@ -365,7 +369,10 @@ def now_ms() -> float:
 # `unnest`. `accepted` holds the groups whose stored instance is the one the flush expects
 # (none for a new group) and that no other process owns; ownership (owner, grantedAt) is
 # written by the insert of a new group and by `load` only. Returns the rejected groups.
-_FLUSH_SQL = """
+# A flush carries only the writes it has data for (`_FLUSH_WRITES`, keyed by the column that
+# is empty when there is nothing to write): the instance-and-rows flush of an advance then
+# runs half the statement (~0.3 ms less per flush here), and each shape is prepared once.
+_FLUSH_HEAD = """
 WITH f AS (
   SELECT * FROM unnest(%(g)s::text[], %(expected)s::text[], %(version)s::text[], %(last_active)s::float8[],
                        %(ttl_clock)s::float8[], %(replica_version)s::text[], %(granted_at)s::float8[],
@@ -398,16 +405,24 @@ w_instances AS (
 w_rows_version AS (
   INSERT INTO {s}."rowsVersion" ("clientGroupID", "version") SELECT g, version FROM accepted
   ON CONFLICT ("clientGroupID") DO UPDATE SET "version" = excluded."version"
-),
+)
+"""
+
+_FLUSH_WRITES = {
+    "added_g": """
 w_clients_added AS (
   INSERT INTO {s}.clients ("clientGroupID", "clientID")
   SELECT u.g, u.c FROM unnest(%(added_g)s::text[], %(added_c)s::text[]) AS u(g, c) JOIN accepted USING (g)
   ON CONFLICT DO NOTHING
-),
+)
+""",
+    "removed_g": """
 w_clients_removed AS (
   DELETE FROM {s}.clients AS x USING unnest(%(removed_g)s::text[], %(removed_c)s::text[]) AS u(g, c), accepted a
   WHERE a.g = u.g AND x."clientGroupID" = u.g AND x."clientID" = u.c
-),
+)
+""",
+    "q_g": """
 w_queries AS (
   INSERT INTO {s}.queries ("clientGroupID", "queryHash", "clientAST", "queryName", "queryArgs", "patchVersion",
                            "transformationHash", "transformationVersion", "internal", "deleted")
@@ -422,7 +437,9 @@ w_queries AS (
     "transformationHash" = excluded."transformationHash",
     "transformationVersion" = excluded."transformationVersion",
     "internal" = excluded."internal", "deleted" = excluded."deleted"
-),
+)
+""",
+    "d_g": """
 w_desires AS (
   INSERT INTO {s}.desires ("clientGroupID", "clientID", "queryHash", "patchVersion", "deleted",
                            "ttl", "ttlMs", "inactivatedAt", "inactivatedAtMs")
@@ -436,14 +453,18 @@ w_desires AS (
     "patchVersion" = excluded."patchVersion", "deleted" = excluded."deleted",
     "ttl" = excluded."ttl", "ttlMs" = excluded."ttlMs",
     "inactivatedAt" = excluded."inactivatedAt", "inactivatedAtMs" = excluded."inactivatedAtMs"
-),
+)
+""",
+    "new_g": """
 w_rows_new AS (
   INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
   SELECT u.g, '', u.t, u.k::jsonb, u.v, u.p, %(live)s
   FROM unnest(%(new_g)s::text[], %(new_t)s::text[], %(new_k)s::text[], %(new_v)s::text[], %(new_p)s::text[])
     AS u(g, t, k, v, p)
   JOIN accepted USING (g)
-),
+)
+""",
+    "put_g": """
 w_rows_put AS (
   INSERT INTO {s}.rows ("clientGroupID", "schema", "table", "rowKey", "rowVersion", "patchVersion", "refCounts")
   SELECT u.g, '', u.t, u.k::jsonb, u.v, u.p, %(live)s
@@ -453,14 +474,26 @@ w_rows_put AS (
   ON CONFLICT ("clientGroupID", "schema", "table", "rowKey") DO UPDATE SET
     "rowVersion" = excluded."rowVersion", "patchVersion" = excluded."patchVersion",
     "refCounts" = excluded."refCounts"
-),
+)
+""",
+    "del_g": """
 w_rows_del AS (
   UPDATE {s}.rows AS r SET "patchVersion" = u.p, "refCounts" = NULL
   FROM unnest(%(del_g)s::text[], %(del_t)s::text[], %(del_k)s::text[], %(del_p)s::text[]) AS u(g, t, k, p), accepted a
   WHERE a.g = u.g AND r."clientGroupID" = u.g AND r."schema" = '' AND r."table" = u.t AND r."rowKey" = u.k::jsonb
 )
+""",
+}
+
+_FLUSH_TAIL = """
 SELECT g, stored_version, stored_owner, expected FROM checked WHERE NOT ok
 """
+
+
+def _flush_text(params: dict[str, Any]) -> str:
+    """The flush statement for these parameters: the head, the writes that have rows, the tail."""
+    writes = [text.strip("\n") for key, text in _FLUSH_WRITES.items() if params[key] != "{}"]
+    return ",\n".join([_FLUSH_HEAD.strip("\n"), *writes]) + "\n" + _FLUSH_TAIL.strip("\n")
 
 
 def _json_text(value: Any) -> str | None:
