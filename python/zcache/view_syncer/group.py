@@ -364,12 +364,12 @@ class ClientGroup:
             return
         self.send_head(prepared)
         try:
-            rejected = await self._svc.store.flush([prepared.flush])
+            rejected = await self._svc.store.flush_one(prepared.flush)
         except CVRStoreUnavailable as e:
             self.cancel_poke(prepared)
             self.store_failed(e)
             raise
-        self.finish(prepared, rejected=bool(rejected))
+        self.finish(prepared, rejected=rejected)
         if rejected:
             raise ConnectRefused("Rehome", "The client group's CVR was taken over by another zcache", maxBackoffMs=0)
 
@@ -400,9 +400,9 @@ class ClientGroup:
 
     async def advance_alone(self) -> None:
         """Advances this group by itself (caller holds the lock)."""
-        patch = await self._svc.engine_advance([self.id])
+        patch = await self._svc.engine_advance_group(self.id)
         change = GroupChange()
-        self.absorb(change, patch[self.id])
+        self.absorb(change, patch)
         try:
             await self.commit(change)
         except (CVRStoreUnavailable, ConnectRefused):
@@ -668,7 +668,7 @@ class ClientGroup:
         change = GroupChange()
         await self._add_queries(change, handle, got, results)
         # The group's version in the engine: the replica version every row below reflects.
-        self.absorb(change, (await self._svc.engine_advance([self.id]))[self.id])
+        self.absorb(change, await self._svc.engine_advance_group(self.id))
         recorded = await self._svc.store.row_versions(self.id) if self.stored_version is not None else {}
         change.rows.diff_recorded(recorded)
         await self.commit(change)
