@@ -17,6 +17,11 @@ counts them per client group, so a live row holds ``{"group": 1}``. ``NULL`` mar
 as in zero-cache. Rows are stored with ``schema`` ``''`` and ``table`` the replica's table name
 (``file``, ``zero_0.clients``), as zero-cache names them.
 
+Loads, and flushes of one group (`flush_one`), asked for while others run go out together
+(`Coalescer`, a few batches at once): 1,000 groups connecting at once cost a few statements.
+If such a shared statement fails on one group's data, each of its groups is retried alone, so
+that only that group's caller gets the error; a database that fails fails them all.
+
 Errors: a database that cannot be reached or fails mid-call raises :class:`CVRStoreUnavailable`;
 a flush that fails leaves the database as it was (one transaction).
 """

@@ -21,7 +21,10 @@
   garbage collection (`ZERO_CVR_GARBAGE_COLLECTION_*`).
 
 Engine calls run in worker threads (the engine releases the GIL) one at a time, in the order
-they were asked for (a CapacityLimiter of 1 is FIFO): queueing happens in Trio, fairly.
+they were asked for (a CapacityLimiter of 1 is FIFO): queueing happens in Trio, fairly. A client
+group's own calls (adding or removing its queries, advancing it alone) that arrive while one
+runs go together into the next call (`Coalescer`): a burst of groups hydrating costs a few
+thread hand-offs, not one per call.
 
 Legacy queries are bound to the read rules of the replicated `<app>.permissions` row, read
 through the engine (never with Python's `sqlite3`: a second SQLite library in the process
