@@ -192,6 +192,69 @@ async def test_a_later_owner_takes_the_group(pg_dsn: str) -> None:
     b.close()
 
 
+async def test_groups_arriving_together_share_statements_and_keep_their_own_outcomes(pg_dsn: str) -> None:
+    """Flushes and loads of many groups at once go out in a few statements; each group gets
+    its own result: its records, its rejection, or the error its own data caused."""
+    a, b = store(pg_dsn, "task-a"), store(pg_dsn, "task-b")
+    await a.ensure_schema()
+    v1 = CVRVersion("00", 1)
+    assert await b.flush([CVRFlush(instance("taken", v1, granted_at_ms=now_ms()), expected_version=None)]) == set()
+    n = 40
+
+    def flush_of(i: int) -> CVRFlush:
+        gid = f"g{i}"
+        return CVRFlush(
+            # A NUL cannot be sent in a text value: this group's part of the statement fails.
+            instance(gid, v1, granted_at_ms=now_ms(), profile_id="bad\x00" if i == 7 else f"p{i}"),
+            expected_version=None,
+            clients_added=[f"c{i}"],
+            queries=[QueryRecord(f"q{i}", client_ast={"table": "file", "i": i}, patch_version=v1)],
+            desires=[DesireRecord(f"c{i}", f"q{i}", v1, ttl_ms=1000.0 + i)],
+            rows=_native.RowChanges.of_records([("file", key(id=f"f{i}-{k}"), f"v{k}") for k in range(i % 4)]),
+            rows_new=True,
+        )
+
+    outcomes: dict[str, object] = {}
+
+    async def flush(f: CVRFlush) -> None:
+        try:
+            outcomes[f.instance.group_id] = await a.flush_one(f)
+        except psycopg.DataError:
+            outcomes[f.instance.group_id] = "error"
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(flush, flush_of(i))
+        nursery.start_soon(flush, CVRFlush(instance("taken", CVRVersion("00", 2)), expected_version=v1))
+    assert outcomes == {**{f"g{i}": False for i in range(n) if i != 7}, "g7": "error", "taken": True}
+    assert a._flushes.batches < n // 4
+
+    snapshots: dict[str, object] = {}
+
+    async def load(gid: str) -> None:
+        snapshots[gid] = await a.load(gid, granted_at_ms=now_ms())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(load, f"g{i}")
+        nursery.start_soon(load, "nobody")
+    assert a._loads.batches < n // 4
+    for i in range(n):
+        snap = snapshots[f"g{i}"]
+        if i == 7:
+            assert snap.instance is None  # type: ignore[attr-defined]
+            continue
+        assert snap.instance.version == v1 and snap.instance.profile_id == f"p{i}"  # type: ignore[attr-defined]
+        assert snap.instance.owner == "task-a"  # type: ignore[attr-defined]
+        assert snap.clients == {f"c{i}"}  # type: ignore[attr-defined]
+        assert snap.queries == {f"q{i}": QueryRecord(f"q{i}", client_ast={"table": "file", "i": i}, patch_version=v1)}  # type: ignore[attr-defined]
+        assert snap.desires == {(f"c{i}", f"q{i}"): DesireRecord(f"c{i}", f"q{i}", v1, ttl_ms=1000.0 + i)}  # type: ignore[attr-defined]
+        assert await a.row_versions(f"g{i}") == {("file", key(id=f"f{i}-{k}")): f"v{k}" for k in range(i % 4)}
+    assert snapshots["nobody"].instance is None  # type: ignore[attr-defined]
+    a.close()
+    b.close()
+
+
 async def test_garbage_collection(pg_dsn: str, pg_conn: psycopg.Connection) -> None:
     s = store(pg_dsn)
     await s.ensure_schema()

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from tests.fixtures.fix_pg import PgServer, database_name
-from tests.view_syncer.harness import FakeClient, files_of, files_with_owner, init_connection, running
+from tests.view_syncer.harness import CLIENT_SCHEMA, FakeClient, files_of, files_with_owner, init_connection, running
 
 
 @pytest.fixture
@@ -279,3 +279,58 @@ async def test_replica_rebuilt_skips_groups_retired_meanwhile(pg_dsn: str, tmp_p
         await h.synced()
         assert back.view.rows == h.expected([q]) and not back.errors
         await s.close()
+
+
+async def test_many_groups_connecting_while_the_cvr_database_is_unavailable(
+    pg_dsn: str, cvr_db: str, pg_cluster: PgServer, tmp_path: Path
+) -> None:
+    """Batched loads and flushes that fail give every group in them the error; none is half
+    written, and all converge once the database is back."""
+    cvr_name = psycopg.conninfo.conninfo_to_dict(cvr_db)["dbname"]
+    assert isinstance(cvr_name, str)
+    n = 30
+    queries = [files_of("u1"), files_with_owner("u2")]
+    async with running(pg_dsn, tmp_path, cvr_dsn=cvr_db) as h:
+        await h.start_service()
+        # Half of them exist already (flushed, then disconnected).
+        first = [FakeClient(f"c{i}", f"g{i}") for i in range(0, n, 2)]
+        sessions = [await h.connect(c, init_connection(queries[0].put(300_000), active_clients=[c.params.client_id])) for c in first]
+        for c in first:
+            await c.wait_for(lambda c=c: queries[0].hash in c.view.got, "hydration")
+        for s in sessions:
+            await s.close()
+        with psycopg.connect(cvr_db) as conn:
+            before = conn.execute('SELECT "clientGroupID", "version" FROM "zero_0/cvr".instances ORDER BY 1').fetchall()
+        assert len(before) == len(first)
+        # A new process: every group must be loaded from the store.
+        h.stop_service()
+        await h.start_service()
+
+        block(pg_cluster, cvr_name, True)
+        views = {c.params.client_group_id: c.view for c in first}
+        failing = [
+            FakeClient(f"c{i}", f"g{i}", base_cookie=views[f"g{i}"].cookie if f"g{i}" in views else None, view=views.get(f"g{i}"))
+            for i in range(n)
+        ]
+        for i, c in enumerate(failing):
+            init = init_connection(queries[i % 2].put(300_000), active_clients=[c.params.client_id], client_schema=None if i % 2 == 0 else CLIENT_SCHEMA)
+            await h.connect(c, init)
+        for c in failing:
+            await c.wait_for(lambda c=c: bool(c.errors), "an error")
+            assert c.errors[0]["kind"] == "ServerOverloaded", c.errors
+
+        block(pg_cluster, cvr_name, False)
+        with psycopg.connect(cvr_db) as conn:
+            assert conn.execute('SELECT "clientGroupID", "version" FROM "zero_0/cvr".instances ORDER BY 1').fetchall() == before
+        h.upstream.execute("UPDATE file SET name = 'after-outage' WHERE id IN ('f1', 'f3')")
+        await h.caught_up()
+        again = [FakeClient(c.params.client_id, c.params.client_group_id, base_cookie=c.params.base_cookie, view=c.view) for c in failing]
+        for i, c in enumerate(again):
+            init = init_connection(queries[i % 2].put(300_000), active_clients=[c.params.client_id], client_schema=None if i % 2 == 0 else CLIENT_SCHEMA)
+            await h.connect(c, init)
+        for i, c in enumerate(again):
+            await c.wait_for(lambda c=c, i=i: queries[i % 2].hash in c.view.got, "hydration after the outage")
+        await h.synced()
+        for i, c in enumerate(again):
+            assert c.view.rows == h.expected([queries[i % 2]]), c.params.client_id
+            assert not c.errors and not c.broken

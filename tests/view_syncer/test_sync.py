@@ -232,3 +232,45 @@ async def test_ttl_eviction_on_the_ttl_clock(pg_dsn: str, tmp_path: Path) -> Non
         await c.wait_for(lambda: q1.hash not in c.view.got, "eviction after 1.5 s", timeout=10)
         assert c.view.rows == h.expected([q2])
         await s.close()
+
+
+async def test_many_groups_connecting_at_once(pg_dsn: str, tmp_path: Path) -> None:
+    """Groups arriving together share CVR loads, flushes and engine calls; each still gets its
+    own rows, and its CVR loads back on its own after a restart, with everyone reconnecting at
+    once from their cookies."""
+    n = 60
+    queries = [files_of("u1"), files_with_owner("u2"), user("u3"), files_with_owner("u1")]
+    async with running(pg_dsn, tmp_path) as h:
+        service = await h.start_service()
+        clients = [FakeClient(f"c{i}", f"g{i}") for i in range(n)]
+        sessions = [await h.connect(c, init_connection(queries[i % 4].put(300_000), active_clients=[f"c{i}"])) for i, c in enumerate(clients)]
+        for i, c in enumerate(clients):
+            await c.wait_for(lambda c=c, i=i: queries[i % 4].hash in c.view.got, "hydration")
+        assert service.store._loads.batches < n // 2
+        assert service.store._flushes.batches < n
+        assert service._group_calls.batches < n
+        h.upstream.execute("UPDATE file SET name = 'together' WHERE id IN ('f1', 'f3')")
+        await h.synced()
+        for i, c in enumerate(clients):
+            assert c.view.rows == h.expected([queries[i % 4]]), c.params.client_id
+            assert not c.broken and not c.errors
+        for s in sessions:
+            await s.close()
+        cookies = [c.view.cookie for c in clients]
+
+        h.stop_service()
+        h.upstream.execute("UPDATE \"user\" SET name = 'Bob B.' WHERE id = 'u2'")
+        h.upstream.execute("INSERT INTO file VALUES ('f8', 'theta', 'u1')")
+        await h.caught_up()
+        await h.start_service()
+        again = [FakeClient(c.params.client_id, c.params.client_group_id, base_cookie=cookie, view=c.view) for c, cookie in zip(clients, cookies, strict=True)]
+        for r in again:
+            await h.connect(r, init_connection(active_clients=[r.params.client_id], client_schema=None))
+        for r in again:
+            await r.wait_for(lambda r=r: r.pokes >= 1, "catch-up after restart")
+        await h.synced()
+        for i, r in enumerate(again):
+            assert r.view.rows == h.expected([queries[i % 4]]), r.params.client_id
+            assert r.view.got == {queries[i % 4].hash}
+            assert r.view.desired == {r.params.client_id: {queries[i % 4].hash}}
+            assert not r.broken and not r.errors

@@ -17,6 +17,11 @@ counts them per client group, so a live row holds ``{"group": 1}``. ``NULL`` mar
 as in zero-cache. Rows are stored with ``schema`` ``''`` and ``table`` the replica's table name
 (``file``, ``zero_0.clients``), as zero-cache names them.
 
+Loads, and flushes of one group (`flush_one`), asked for while others run go out together
+(`Coalescer`, a few batches at once): 1,000 groups connecting at once cost a few statements.
+If such a shared statement fails on one group's data, each of its groups is retried alone, so
+that only that group's caller gets the error; a database that fails fails them all.
+
 Errors: a database that cannot be reached or fails mid-call raises :class:`CVRStoreUnavailable`;
 a flush that fails leaves the database as it was (one transaction).
 """
@@ -27,7 +32,7 @@ import json
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -46,6 +51,7 @@ from zcache.cvr.model import (
     QueryRecord,
 )
 from zcache.cvr.schema import cvr_schema, ensure_schema
+from zcache.coalesce import Coalescer
 
 log = logging.getLogger("zcache.cvr")
 
@@ -56,6 +62,9 @@ CONNECT_TIMEOUT_S = 5
 # fails instead of holding a pooled connection and the group's clients forever.
 STATEMENT_TIMEOUT_MS = 30_000
 LIVE_REF_COUNTS = Jsonb({"group": 1})
+# Loads and single-group flushes: batches running at once, and groups per batch.
+COALESCED_CALLS = 2
+COALESCED_MAX = 256
 
 
 class CVRStoreUnavailable(Exception):
@@ -81,6 +90,14 @@ class CVRStore:
         self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
         self._closed = False
         self._flush_sql: dict[str, sql.Composed] = {}
+        # A few batches at once, each as large as what waits: a burst of connecting groups
+        # becomes a few statements, a lone group's call goes out at once.
+        self._loads: Coalescer[tuple[str, float], CVRSnapshot] = Coalescer(
+            self._load_batch, concurrency=COALESCED_CALLS, max_batch=COALESCED_MAX, key=lambda r: r[0]
+        )
+        self._flushes: Coalescer[CVRFlush, bool] = Coalescer(
+            self._flush_batch, concurrency=COALESCED_CALLS, max_batch=COALESCED_MAX, key=lambda f: f.instance.group_id
+        )
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -149,89 +166,115 @@ class CVRStore:
     # --- reads --------------------------------------------------------------------------------
 
     async def load(self, group_id: str, *, granted_at_ms: float) -> CVRSnapshot:
-        """The group's CVR (without rows), taking ownership of it for this process."""
-        return await self._run(lambda conn: self._load(conn, group_id, granted_at_ms), retry_stale=True)
+        """The group's CVR (without rows), taking ownership of it for this process. Loads asked
+        for while others run go out together (one round trip for all of them)."""
+        return await self._loads((group_id, granted_at_ms))
 
-    def _load(self, conn: psycopg.Connection, group_id: str, granted_at_ms: float) -> CVRSnapshot:
+    async def _load_batch(self, requests: list[tuple[str, float]]) -> list[CVRSnapshot | BaseException]:
+        try:
+            snapshots = await self._run(lambda conn: self._load(conn, requests), retry_stale=True)
+        except CVRStoreUnavailable:
+            raise
+        except Exception:
+            if len(requests) == 1:
+                raise
+            # Something in one group's CVR: each load alone, so that only its caller fails.
+            return [await _outcome(self._run(lambda conn, r=r: self._load(conn, [r]), retry_stale=True)) for r in requests]
+        return [snapshots[g] for g, _ in requests]
+
+    def _load(self, conn: psycopg.Connection, requests: list[tuple[str, float]]) -> dict[str, CVRSnapshot]:
+        ids = [g for g, _ in requests]
+        granted = [t for _, t in requests]
         # One pipeline: the statements go out together, the first fetch waits for all of them.
         with conn.pipeline(), conn.transaction():
             conn.execute(
                 self._q(
-                    """UPDATE {s}.instances SET "owner" = %s, "grantedAt" = to_timestamp(%s / 1000.0)
-                       WHERE "clientGroupID" = %s AND ("grantedAt" IS NULL OR "grantedAt" <= to_timestamp(%s / 1000.0))"""
+                    """UPDATE {s}.instances AS i SET "owner" = %s, "grantedAt" = to_timestamp(r.t / 1000.0)
+                       FROM unnest(%s::text[], %s::float8[]) AS r(g, t)
+                       WHERE i."clientGroupID" = r.g AND (i."grantedAt" IS NULL OR i."grantedAt" <= to_timestamp(r.t / 1000.0))"""
                 ),
-                [self.owner, granted_at_ms, group_id, granted_at_ms],
+                [self.owner, _array_literal(ids), _array_literal(granted)],
             )
+            group_ids = _array_literal(ids)
             instance_cur = conn.cursor().execute(
                 self._q(
-                    """SELECT "version", extract(epoch FROM "lastActive") * 1000, "ttlClock", "replicaVersion",
-                              "owner", extract(epoch FROM "grantedAt") * 1000, "clientSchema", "profileID", "deleted"
-                       FROM {s}.instances WHERE "clientGroupID" = %s"""
+                    """SELECT "clientGroupID", "version", extract(epoch FROM "lastActive") * 1000, "ttlClock",
+                              "replicaVersion", "owner", extract(epoch FROM "grantedAt") * 1000, "clientSchema",
+                              "profileID", "deleted"
+                       FROM {s}.instances WHERE "clientGroupID" = ANY(%s::text[])"""
                 ),
-                [group_id],
+                [group_ids],
             )
             clients_cur = conn.cursor().execute(
-                self._q('SELECT "clientID" FROM {s}.clients WHERE "clientGroupID" = %s'), [group_id]
+                self._q('SELECT "clientGroupID", "clientID" FROM {s}.clients WHERE "clientGroupID" = ANY(%s::text[])'),
+                [group_ids],
             )
             queries_cur = conn.cursor().execute(
                 self._q(
-                    """SELECT "queryHash", "clientAST", "queryName", "queryArgs", "internal", "patchVersion",
-                              "transformationHash", "transformationVersion", "deleted"
-                       FROM {s}.queries WHERE "clientGroupID" = %s"""
+                    """SELECT "clientGroupID", "queryHash", "clientAST", "queryName", "queryArgs", "internal",
+                              "patchVersion", "transformationHash", "transformationVersion", "deleted"
+                       FROM {s}.queries WHERE "clientGroupID" = ANY(%s::text[])"""
                 ),
-                [group_id],
+                [group_ids],
             )
             desires_cur = conn.cursor().execute(
                 self._q(
-                    """SELECT "clientID", "queryHash", "patchVersion", "deleted", "ttlMs", "inactivatedAtMs"
-                       FROM {s}.desires WHERE "clientGroupID" = %s"""
+                    """SELECT "clientGroupID", "clientID", "queryHash", "patchVersion", "deleted", "ttlMs",
+                              "inactivatedAtMs"
+                       FROM {s}.desires WHERE "clientGroupID" = ANY(%s::text[])"""
                 ),
-                [group_id],
+                [group_ids],
             )
-            row = instance_cur.fetchone()
+            instance_rows = instance_cur.fetchall()
             clients_rows = clients_cur.fetchall()
             queries_rows = queries_cur.fetchall()
             desires_rows = desires_cur.fetchall()
-        if row is None:
-            return CVRSnapshot(None)
-        instance = InstanceRecord(
-            group_id=group_id,
-            version=CVRVersion.parse(row[0]),
-            last_active_ms=float(row[1]),
-            ttl_clock_ms=float(row[2]),
-            replica_version=row[3],
-            owner=row[4],
-            granted_at_ms=_ms(row[5]),
-            client_schema=row[6],
-            profile_id=row[7],
-            deleted=bool(row[8]),
-        )
-        queries = {
-            r[0]: QueryRecord(
-                hash=r[0],
-                client_ast=r[1],
-                name=r[2],
-                args=r[3],
-                internal=bool(r[4]),
-                patch_version=_version(r[5]),
-                transformation_hash=r[6],
-                transformation_version=_version(r[7]),
-                deleted=bool(r[8]),
+        snapshots = {g: CVRSnapshot(None) for g in ids}
+        for row in instance_rows:
+            snapshots[row[0]] = CVRSnapshot(
+                InstanceRecord(
+                    group_id=row[0],
+                    version=CVRVersion.parse(row[1]),
+                    last_active_ms=float(row[2]),
+                    ttl_clock_ms=float(row[3]),
+                    replica_version=row[4],
+                    owner=row[5],
+                    granted_at_ms=_ms(row[6]),
+                    client_schema=row[7],
+                    profile_id=row[8],
+                    deleted=bool(row[9]),
+                )
             )
-            for r in queries_rows
-        }
-        desires = {
-            (r[0], r[1]): DesireRecord(
-                client_id=r[0],
-                query_hash=r[1],
-                patch_version=CVRVersion.parse(r[2]),
-                deleted=bool(r[3]),
-                ttl_ms=_ms(r[4]),
-                inactivated_at_ms=_ms(r[5]),
-            )
-            for r in desires_rows
-        }
-        return CVRSnapshot(instance, {r[0] for r in clients_rows}, queries, desires)
+        for r in clients_rows:
+            s = snapshots[r[0]]
+            if s.instance is not None:
+                s.clients.add(r[1])
+        for r in queries_rows:
+            s = snapshots[r[0]]
+            if s.instance is not None:
+                s.queries[r[1]] = QueryRecord(
+                    hash=r[1],
+                    client_ast=r[2],
+                    name=r[3],
+                    args=r[4],
+                    internal=bool(r[5]),
+                    patch_version=_version(r[6]),
+                    transformation_hash=r[7],
+                    transformation_version=_version(r[8]),
+                    deleted=bool(r[9]),
+                )
+        for r in desires_rows:
+            s = snapshots[r[0]]
+            if s.instance is not None:
+                s.desires[(r[1], r[2])] = DesireRecord(
+                    client_id=r[1],
+                    query_hash=r[2],
+                    patch_version=CVRVersion.parse(r[3]),
+                    deleted=bool(r[4]),
+                    ttl_ms=_ms(r[5]),
+                    inactivated_at_ms=_ms(r[6]),
+                )
+        return snapshots
 
     async def row_versions(self, group_id: str) -> dict[tuple[str, str], str]:
         """Every row the group's clients have: (table, row key text) → row version."""
@@ -282,6 +325,24 @@ class CVRStore:
         if not flushes:
             return set()
         return await self._run(lambda conn: self._flush(conn, flushes))
+
+    async def flush_one(self, flush: CVRFlush) -> bool:
+        """Writes one group's flush; True if it was rejected (see `flush`). Flushes asked for
+        while others run go out together, one statement and one transaction for all of them."""
+        return await self._flushes(flush)
+
+    async def _flush_batch(self, flushes: list[CVRFlush]) -> list[bool | BaseException]:
+        try:
+            rejected = await self.flush(flushes)
+        except CVRStoreUnavailable:
+            raise
+        except Exception:
+            if len(flushes) == 1:
+                raise
+            # A statement failed on something in one group's flush (the transaction wrote
+            # nothing): each alone, so that only that group's caller gets the error.
+            return [await _outcome(self._run(lambda conn, f=f: bool(self._flush(conn, [f])))) for f in flushes]
+        return [f.instance.group_id in rejected for f in flushes]
 
     def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
         # One statement, one round trip, its own (implicit) transaction: the instance rows are
@@ -359,6 +420,13 @@ class CVRStore:
                 return ids
 
         return await self._run(purge, retry_stale=True)
+
+
+async def _outcome(call: Awaitable[T]) -> T | BaseException:
+    try:
+        return await call
+    except Exception as e:
+        return e
 
 
 def now_ms() -> float:

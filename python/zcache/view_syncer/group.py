@@ -364,12 +364,12 @@ class ClientGroup:
             return
         self.send_head(prepared)
         try:
-            rejected = await self._svc.store.flush([prepared.flush])
+            rejected = await self._svc.store.flush_one(prepared.flush)
         except CVRStoreUnavailable as e:
             self.cancel_poke(prepared)
             self.store_failed(e)
             raise
-        self.finish(prepared, rejected=bool(rejected))
+        self.finish(prepared, rejected=rejected)
         if rejected:
             raise ConnectRefused("Rehome", "The client group's CVR was taken over by another zcache", maxBackoffMs=0)
 
@@ -400,9 +400,9 @@ class ClientGroup:
 
     async def advance_alone(self) -> None:
         """Advances this group by itself (caller holds the lock)."""
-        patch = await self._svc.engine_advance([self.id])
+        patch = await self._svc.engine_advance_group(self.id)
         change = GroupChange()
-        self.absorb(change, patch[self.id])
+        self.absorb(change, patch)
         try:
             await self.commit(change)
         except (CVRStoreUnavailable, ConnectRefused):
@@ -668,7 +668,7 @@ class ClientGroup:
         change = GroupChange()
         await self._add_queries(change, handle, got, results)
         # The group's version in the engine: the replica version every row below reflects.
-        self.absorb(change, (await self._svc.engine_advance([self.id]))[self.id])
+        self.absorb(change, await self._svc.engine_advance_group(self.id))
         recorded = await self._svc.store.row_versions(self.id) if self.stored_version is not None else {}
         change.rows.diff_recorded(recorded)
         await self.commit(change)
@@ -698,9 +698,9 @@ class ClientGroup:
             if not self.loaded:
                 return
             change = GroupChange()
-            await self._add_queries(change, handle, [h for h in wanted if h in self.queries], results)
-            if not self._has_internal_queries():
-                await self._add_internal_queries(change)
+            await self._add_queries(
+                change, handle, [h for h in wanted if h in self.queries], results, internal=not self._has_internal_queries()
+            )
             await self.commit(change)
 
     def _has_internal_queries(self) -> bool:
@@ -741,9 +741,13 @@ class ClientGroup:
         handle: Connection,
         hashes: Sequence[str],
         results: dict[str, TransformedQuery | ErroredQuery],
+        *,
+        internal: bool = False,
     ) -> None:
         """Adds (or re-adds, when their AST changed) queries to the engine: got puts for the new
-        ones, transform errors and got dels for the refused ones. Caller holds the lock."""
+        ones, transform errors and got dels for the refused ones; with `internal`, the group's
+        internal queries too, in the same engine call (each call waits its turn behind every
+        other group's). Caller holds the lock."""
         adds: list[tuple[str, str]] = []
         for h in hashes:
             q = self.queries[h]
@@ -776,20 +780,26 @@ class ClientGroup:
                 q.transformation_version = None
                 change.queries.add(h)
             adds.append((h, json.dumps(ast)))
-        if not adds:
+        internal_adds = self._internal_adds() if internal else []
+        if not adds and not internal_adds:
             return
-        outcomes = await self._svc.engine_add(self.id, adds)
-        for (h, ast_json), outcome in zip(adds, outcomes, strict=True):
-            q = self.queries[h]
-            if isinstance(outcome, str):
-                # The AST does not fit the replica (zero-cache fails the client the same way).
-                raise ConnectRefused("SchemaVersionNotSupported", outcome)
-            self.absorb(change, outcome)
-            self.engine_queries[h] = transformation_hash(json.loads(ast_json))
-            if not q.internal and (q.patch_version is None or q.deleted):
-                change.got[h] = "put"
+        outcomes = await self._svc.engine_add(self.id, adds + [(h, json.dumps(ast)) for h, ast in internal_adds])
+        try:
+            for (h, ast_json), outcome in zip(adds, outcomes[: len(adds)], strict=True):
+                q = self.queries[h]
+                if isinstance(outcome, str):
+                    # The AST does not fit the replica (zero-cache fails the client the same way).
+                    raise ConnectRefused("SchemaVersionNotSupported", outcome)
+                self.absorb(change, outcome)
+                self.engine_queries[h] = transformation_hash(json.loads(ast_json))
+                if not q.internal and (q.patch_version is None or q.deleted):
+                    change.got[h] = "put"
+        finally:
+            # The engine runs them whatever became of the others: the group must know.
+            self._absorb_internal(change, internal_adds, outcomes[len(adds) :])
 
-    async def _add_internal_queries(self, change: GroupChange) -> None:
+    def _internal_adds(self) -> list[tuple[str, dict[str, Any]]]:
+        """The internal queries (last mutation ids, mutation results) the engine lacks."""
         clients, mutations = self._svc.shard_tables.clients, self._svc.shard_tables.mutations
         adds: list[tuple[str, dict[str, Any]]] = []
         for query_hash, table in ((LMIDS_QUERY, clients), (MUTATION_RESULTS_QUERY, mutations)):
@@ -805,10 +815,11 @@ class ClientGroup:
                 },
             }
             adds.append((query_hash, ast))
-        if not adds:
-            return
-        # Both in one engine call: each call waits its turn behind every other group's.
-        outcomes = await self._svc.engine_add(self.id, [(h, json.dumps(ast)) for h, ast in adds])
+        return adds
+
+    def _absorb_internal(
+        self, change: GroupChange, adds: list[tuple[str, dict[str, Any]]], outcomes: Sequence[Patch | str]
+    ) -> None:
         for (query_hash, ast), outcome in zip(adds, outcomes, strict=True):
             q = self.queries.get(query_hash)
             if q is None:
