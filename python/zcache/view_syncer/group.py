@@ -237,6 +237,11 @@ class ClientGroup:
             with trio.CancelScope(shield=True):
                 yield
 
+    @property
+    def busy(self) -> bool:
+        """Something holds the group's lock (a connection being loaded, a query change, …)."""
+        return self._lock.locked()
+
     def try_lock(self) -> bool:
         try:
             self._lock.acquire_nowait()

@@ -332,7 +332,9 @@ class ViewSyncerService:
 
     async def advance_all(self) -> None:
         """Advances every loaded group to the replica's current version."""
-        groups = [g for g in self.groups.values() if g.loaded]
+        # A group still loading (busy, not loaded yet) may have been hydrated before this
+        # version reached the engine: it gets a deferred advance, which runs once it is loaded.
+        groups = [g for g in self.groups.values() if g.loaded or g.busy]
         if not groups:
             return
         self._rotation = (self._rotation + 1) % len(groups)
