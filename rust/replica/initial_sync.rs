@@ -48,7 +48,7 @@ use crate::version::lexi_version;
 const ROWS_PER_INSERT: usize = 64;
 const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
-const QUEUED_CALLS: usize = 8;
+const QUEUED_CALLS: usize = 4;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
 /// memory before it spills sorted runs to temporary files and merges them. Only while building:
@@ -68,13 +68,14 @@ pub struct ReplicaConfig {
     pub ddl_detection: bool,
 }
 
-/// One decoded field, ready to bind; text is a range of its batch's `text`.
+/// One decoded field, ready to bind; text is a range of its batch's `text` (16 bytes: the
+/// queued batches are most of the sync's memory).
 #[derive(Debug, Clone, Copy)]
 enum Cell {
     Null,
     Integer(i64),
     Real(f64),
-    Text { start: usize, len: usize },
+    Text { start: u32, len: u32 },
 }
 
 /// Whole rows decoded from a table's COPY output by the caller of `copy_chunks`.
@@ -87,9 +88,13 @@ struct DecodedRows {
 }
 
 impl DecodedRows {
-    fn text(&mut self, bytes: &[u8]) -> Cell {
+    fn text(&mut self, bytes: &[u8]) -> Result<Cell> {
+        let start = self.text.len();
         self.text.extend_from_slice(bytes);
-        Cell::Text { start: self.text.len() - bytes.len(), len: bytes.len() }
+        match (u32::try_from(start), u32::try_from(bytes.len())) {
+            (Ok(start), Ok(len)) => Ok(Cell::Text { start, len }),
+            _ => Err(Error::Protocol { detail: "a COPY chunk of 4 GiB or more of text".into() }),
+        }
     }
 }
 
@@ -108,11 +113,11 @@ impl TableDecoding {
                 let cell = match field {
                     None => Cell::Null,
                     Some(bytes) => match decode_binary_ref(kind, bytes)? {
-                        SqlValueRef::Borrowed(s) => out.text(s.as_bytes()),
+                        SqlValueRef::Borrowed(s) => out.text(s.as_bytes())?,
                         SqlValueRef::Owned(SqlValue::Null) => Cell::Null,
                         SqlValueRef::Owned(SqlValue::Integer(i)) => Cell::Integer(i),
                         SqlValueRef::Owned(SqlValue::Real(f)) => Cell::Real(f),
-                        SqlValueRef::Owned(SqlValue::Text(s)) => out.text(s.as_bytes()),
+                        SqlValueRef::Owned(SqlValue::Text(s)) => out.text(s.as_bytes())?,
                     },
                 };
                 out.cells.push(cell);
@@ -509,7 +514,7 @@ fn insert_rows(conn: &Connection, sql: &str, cells: &[Cell], text: &[u8]) -> Res
             Cell::Null => ValueRef::Null,
             Cell::Integer(i) => ValueRef::Integer(i),
             Cell::Real(f) => ValueRef::Real(f),
-            Cell::Text { start, len } => ValueRef::Text(&text[start..start + len]),
+            Cell::Text { start, len } => ValueRef::Text(&text[start as usize..(start + len) as usize]),
         };
         stmt.raw_bind_parameter(index + 1, ToSqlOutput::Borrowed(value))?;
     }
