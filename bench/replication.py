@@ -34,6 +34,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -161,6 +162,12 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
         if time.monotonic() - said > 60:
             say(f"the machine is busy ({load:.2f} cores used by others); waiting up to {max_wait_s:.0f}s")
             said = time.monotonic()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class PostgresCpu:
@@ -532,6 +539,8 @@ class Bench:
             "ZERO_REPLICA_FILE": str(self.replica_path),
             "ZERO_APP_PUBLICATIONS": APP_PUBLICATION,
             "ZERO_LOG_LEVEL": "info",
+            # Not the default 4848: on a shared machine another zcache may hold it.
+            "ZERO_PORT": str(_free_port()),
         }
         self.zcache = ZcacheProcess(env, self.workdir / f"zcache-{self._launches:02d}.log")
         return self.zcache

@@ -175,9 +175,10 @@ class InitialSync:
     def copy_statement(self, oid: int) -> str:
         """The ``COPY … TO STDOUT (FORMAT binary)`` whose output :meth:`copy_chunks` expects."""
     def copy_chunks(self, oid: int, chunks: Sequence[bytes | bytearray]) -> None:
-        """Queue these chunks of table ``oid``'s COPY output (any chunking) for Rust's writer
-        thread, which decodes and inserts them; waits (GIL released) while the queue is full.
-        Raises the writer's error if it failed on earlier chunks."""
+        """Decode these chunks of table ``oid``'s COPY output (any chunking; GIL released) and
+        queue the complete rows for Rust's writer thread, which inserts them; waits while the
+        queue is full. Raises this chunk's decoding error, or the writer's if it failed on
+        earlier rows; either stops the sync."""
     def copy_tables(
         self,
         oids: Sequence[int],

@@ -176,7 +176,7 @@ impl InitialSync {
                 data.extend_from_slice(chunk);
             }
             drop(chunks);
-            s.copy_chunks(oid, data)
+            s.copy_chunks(oid, &data)
         })
     }
 

@@ -10,9 +10,11 @@
 //! Rows arrive as `COPY … TO STDOUT (FORMAT binary)` output (any chunking); every row gets the
 //! replica version (the slot's consistent point) as its `_0_version`.
 //!
-//! One writer thread owns the staging file: [`InitialSync::copy_chunks`] queues the chunks of
-//! any table (from any thread) on a bounded queue and returns, so the callers keep reading from
-//! Postgres while earlier rows are decoded and inserted; a full queue makes them wait. The callers
+//! One writer thread owns the staging file: [`InitialSync::copy_chunks`] decodes the chunks of
+//! any table in the calling thread into values ready to bind, queues them on a bounded queue and
+//! returns, so the callers keep reading from Postgres while earlier rows are inserted; a full queue
+//! makes them wait. Decoding in the callers leaves the writer, the one thread every row goes
+//! through, only binding and stepping (bench/README.md, Replication). The callers
 //! are normally [`InitialSync::copy_tables`]'s worker threads, which read the COPY output from
 //! Postgres themselves ([`crate::pg::upstream`]); Python feeds chunks only when that path cannot
 //! connect as psycopg does (TLS). Rows are
@@ -30,13 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
 use crate::pg::copy::CopyDecoder;
 use crate::pg::schema::{PublishedSchema, TableSpec};
 use crate::pg::upstream::{ConnectParams, SnapshotReader};
-use crate::pg::values::{decode_binary_ref, SqlValueRef, ValueKind};
+use crate::pg::values::{decode_binary_ref, SqlValue, SqlValueRef, ValueKind};
 use crate::replica::layout::{self, quote_ident, METADATA_DDL};
 use crate::replica::table::ReplicaTable;
 use crate::version::lexi_version;
@@ -45,7 +48,7 @@ use crate::version::lexi_version;
 const ROWS_PER_INSERT: usize = 64;
 const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
-const QUEUED_CALLS: usize = 8;
+const QUEUED_CALLS: usize = 4;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
 /// memory before it spills sorted runs to temporary files and merges them. Only while building:
@@ -65,12 +68,65 @@ pub struct ReplicaConfig {
     pub ddl_detection: bool,
 }
 
-/// Rows decoded from the COPY stream but not inserted yet: their field bytes back to back.
+/// One decoded field, ready to bind; text is a range of its batch's `text` (16 bytes: the
+/// queued batches are most of the sync's memory).
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text { start: u32, len: u32 },
+}
+
+/// Whole rows decoded from a table's COPY output by the caller of `copy_chunks`.
 #[derive(Default)]
-struct PendingRows {
-    bytes: Vec<u8>,
-    /// (start, length) in `bytes` of each field of each row, `None` for NULL.
-    fields: Vec<Option<(usize, usize)>>,
+struct DecodedRows {
+    /// The fields of each row, row after row.
+    cells: Vec<Cell>,
+    text: Vec<u8>,
+    rows: u64,
+}
+
+impl DecodedRows {
+    fn text(&mut self, bytes: &[u8]) -> Result<Cell> {
+        let start = self.text.len();
+        self.text.extend_from_slice(bytes);
+        match (u32::try_from(start), u32::try_from(bytes.len())) {
+            (Ok(start), Ok(len)) => Ok(Cell::Text { start, len }),
+            _ => Err(Error::Protocol { detail: "a COPY chunk of 4 GiB or more of text".into() }),
+        }
+    }
+}
+
+/// A table's COPY stream as decoded so far, in whichever thread reads it.
+struct TableDecoding {
+    decoder: CopyDecoder,
+    kinds: Vec<ValueKind>,
+}
+
+impl TableDecoding {
+    fn decode(&mut self, chunk: &[u8]) -> Result<DecodedRows> {
+        let mut out = DecodedRows { text: Vec::with_capacity(chunk.len()), ..DecodedRows::default() };
+        let kinds = &self.kinds;
+        self.decoder.feed(chunk, |fields| {
+            for (field, kind) in fields.iter().zip(kinds) {
+                let cell = match field {
+                    None => Cell::Null,
+                    Some(bytes) => match decode_binary_ref(kind, bytes)? {
+                        SqlValueRef::Borrowed(s) => out.text(s.as_bytes())?,
+                        SqlValueRef::Owned(SqlValue::Null) => Cell::Null,
+                        SqlValueRef::Owned(SqlValue::Integer(i)) => Cell::Integer(i),
+                        SqlValueRef::Owned(SqlValue::Real(f)) => Cell::Real(f),
+                        SqlValueRef::Owned(SqlValue::Text(s)) => out.text(s.as_bytes())?,
+                    },
+                };
+                out.cells.push(cell);
+            }
+            out.rows += 1;
+            Ok(())
+        })?;
+        Ok(out)
+    }
 }
 
 struct TableCopy {
@@ -78,13 +134,13 @@ struct TableCopy {
     /// Its primary-key index is built (right after its last row, see [`Staging::run`]).
     indexed: bool,
     table: ReplicaTable,
-    kinds: Vec<ValueKind>,
-    decoder: CopyDecoder,
+    columns: usize,
     rows: u64,
     rows_per_insert: usize,
-    /// The multi-row INSERT of `rows_per_insert` rows.
+    /// The multi-row INSERT of `rows_per_insert` rows, and the one of a single row (for a
+    /// batch's last rows).
     insert_sql: String,
-    pending: PendingRows,
+    insert_one_sql: String,
 }
 
 impl TableCopy {
@@ -122,7 +178,7 @@ fn stopped() -> Error {
 }
 
 enum Job {
-    Chunks { oid: u32, data: Vec<u8> },
+    Rows { oid: u32, rows: DecodedRows },
     FinishTable { oid: u32, reply: SyncSender<Result<u64>> },
 }
 
@@ -141,6 +197,7 @@ pub struct InitialSync {
     flusher: JoinHandle<()>,
     failure: Arc<Failure>,
     copy_statements: HashMap<u32, String>,
+    decodings: HashMap<u32, Mutex<TableDecoding>>,
     rows: Arc<AtomicU64>,
     tables_done: AtomicU64,
     staging_path: PathBuf,
@@ -160,6 +217,7 @@ impl InitialSync {
         let version = lexi_version(config.consistent_point);
         let mut copies = HashMap::with_capacity(schema.tables.len());
         let mut copy_statements = HashMap::with_capacity(schema.tables.len());
+        let mut decodings = HashMap::with_capacity(schema.tables.len());
         for spec in &schema.tables {
             let table = ReplicaTable::new(spec.clone())?;
             layout::create_table(&conn, spec, &table.columns, &version)?;
@@ -170,15 +228,16 @@ impl InitialSync {
             let mut copy = TableCopy {
                 spec: spec.clone(),
                 indexed: false,
-                decoder: CopyDecoder::new(kinds.len()),
                 table,
-                kinds,
+                columns: kinds.len(),
                 rows: 0,
                 rows_per_insert,
                 insert_sql: String::new(),
-                pending: PendingRows::default(),
+                insert_one_sql: String::new(),
             };
             copy.insert_sql = copy.insert_sql(rows_per_insert);
+            copy.insert_one_sql = copy.insert_sql(1);
+            decodings.insert(spec.oid, Mutex::new(TableDecoding { decoder: CopyDecoder::new(kinds.len()), kinds }));
             copies.insert(spec.oid, copy);
         }
         conn.execute_batch("BEGIN")?;
@@ -205,6 +264,7 @@ impl InitialSync {
             flusher,
             failure,
             copy_statements,
+            decodings,
             rows,
             tables_done: AtomicU64::new(0),
             staging_path: staging_path.to_owned(),
@@ -218,24 +278,38 @@ impl InitialSync {
         self.copy_statements.get(&oid).cloned().ok_or_else(|| unknown_table(oid))
     }
 
-    /// Queues the next bytes of table `oid`'s COPY output for insertion; waits while the queue is
-    /// full. An error is the writer's (decoding or inserting earlier chunks).
-    pub fn copy_chunks(&self, oid: u32, data: Vec<u8>) -> Result<()> {
-        if !self.copy_statements.contains_key(&oid) {
-            return Err(unknown_table(oid));
-        }
+    /// Decodes the next bytes of table `oid`'s COPY output (here, in the caller's thread) and
+    /// queues the complete rows for insertion; waits while the queue is full. An error is this
+    /// chunk's (decoding) or the writer's (inserting earlier rows); either stops the sync.
+    pub fn copy_chunks(&self, oid: u32, data: &[u8]) -> Result<()> {
+        let decoding = self.decodings.get(&oid).ok_or_else(|| unknown_table(oid))?;
         if self.failure.stopped.load(Ordering::SeqCst) {
             return Err(self.failure.take());
         }
-        self.jobs.send(Job::Chunks { oid, data }).map_err(|_| self.failure.take())
+        let rows = self.decoding(decoding, |d| d.decode(data))?;
+        self.jobs.send(Job::Rows { oid, rows }).map_err(|_| self.failure.take())
     }
 
-    /// Waits until table `oid`'s queued rows are inserted and checks that its COPY output ended
-    /// properly; returns its row count.
+    /// Runs `f` on a table's decoding; its error stops the sync.
+    fn decoding<T>(&self, decoding: &Mutex<TableDecoding>, f: impl FnOnce(&mut TableDecoding) -> Result<T>) -> Result<T> {
+        let result = match decoding.lock() {
+            Ok(mut d) => f(&mut d),
+            Err(_) => Err(Error::Protocol { detail: "a thread decoding the initial sync's COPY output panicked".into() }),
+        };
+        if result.is_err() {
+            self.failure.record(None);
+        }
+        result
+    }
+
+    /// Checks that table `oid`'s COPY output ended properly, waits until its queued rows are
+    /// inserted; returns its row count.
     pub fn finish_table(&self, oid: u32) -> Result<u64> {
+        let decoding = self.decodings.get(&oid).ok_or_else(|| unknown_table(oid))?;
         if self.failure.stopped.load(Ordering::SeqCst) {
             return Err(self.failure.take());
         }
+        self.decoding(decoding, |d| d.decoder.finish())?;
         let (reply, answer) = sync_channel(1);
         self.jobs.send(Job::FinishTable { oid, reply }).map_err(|_| self.failure.take())?;
         answer.recv().map_err(|_| self.failure.take())?
@@ -284,7 +358,7 @@ impl InitialSync {
                 if abort.load(Ordering::SeqCst) {
                     return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
                 }
-                self.copy_chunks(oid, data)
+                self.copy_chunks(oid, &data)
             })?;
             self.finish_table(oid)?;
             self.tables_done.fetch_add(1, Ordering::Relaxed);
@@ -308,6 +382,10 @@ impl InitialSync {
     pub fn finish(self, replica_path: &Path) -> Result<()> {
         let InitialSync { jobs, writer, stop_flusher, flusher, failure, staging_path, config, schema, .. } = self;
         drop(jobs);
+        if failure.stopped.load(Ordering::SeqCst) {
+            let _ = writer.join();
+            return Err(failure.take());
+        }
         let staging = match writer.join() {
             Ok(Ok(staging)) => staging,
             Ok(Err(_)) => return Err(failure.take()),
@@ -366,8 +444,8 @@ impl Staging {
     fn run(mut self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
         for job in queue {
             match job {
-                Job::Chunks { oid, data } => {
-                    if let Err(e) = self.copy_chunk(oid, &data) {
+                Job::Rows { oid, rows } => {
+                    if let Err(e) = self.insert(oid, &rows) {
                         failure.record(Some(e));
                         return Err(stopped());
                     }
@@ -395,25 +473,19 @@ impl Staging {
         Ok(self)
     }
 
-    fn copy_chunk(&mut self, oid: u32, chunk: &[u8]) -> Result<()> {
+    /// Inserts `rows` of table `oid`: `rows_per_insert` at a time, the rest one by one.
+    fn insert(&mut self, oid: u32, rows: &DecodedRows) -> Result<()> {
         let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        let conn = &self.conn;
-        let before = copy.rows;
-        let TableCopy { decoder, pending, kinds, insert_sql, rows_per_insert, rows, .. } = copy;
-        decoder.feed(chunk, |fields| {
-            for field in fields {
-                pending.fields.push(field.map(|bytes| {
-                    pending.bytes.extend_from_slice(bytes);
-                    (pending.bytes.len() - bytes.len(), bytes.len())
-                }));
-            }
-            if pending.fields.len() == *rows_per_insert * kinds.len() {
-                insert_rows(conn, insert_sql, kinds, pending)?;
-                *rows += *rows_per_insert as u64;
-            }
-            Ok(())
-        })?;
-        self.rows.fetch_add(copy.rows - before, Ordering::Relaxed);
+        let columns = copy.columns.max(1);
+        let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
+        for group in &mut groups {
+            insert_rows(&self.conn, &copy.insert_sql, group, &rows.text)?;
+        }
+        for row in groups.remainder().chunks_exact(columns) {
+            insert_rows(&self.conn, &copy.insert_one_sql, row, &rows.text)?;
+        }
+        copy.rows += rows.rows;
+        self.rows.fetch_add(rows.rows, Ordering::Relaxed);
         Ok(())
     }
 
@@ -429,32 +501,24 @@ impl Staging {
     }
 
     fn finish_table(&mut self, oid: u32) -> Result<u64> {
-        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        copy.decoder.finish()?;
-        let left = copy.pending.fields.len() / copy.kinds.len().max(1);
-        if left > 0 {
-            insert_rows(&self.conn, &copy.insert_sql(left), &copy.kinds, &mut copy.pending)?;
-            copy.rows += left as u64;
-            self.rows.fetch_add(left as u64, Ordering::Relaxed);
-        }
+        let copy = self.copies.get(&oid).ok_or_else(|| unknown_table(oid))?;
         Ok(copy.rows)
     }
 }
 
-/// Inserts the pending rows with `sql` (a multi-row INSERT of exactly that many rows) and
-/// empties them.
-fn insert_rows(conn: &Connection, sql: &str, kinds: &[ValueKind], pending: &mut PendingRows) -> Result<()> {
+/// Binds `cells` (exactly the parameters of `sql`, a multi-row INSERT) and runs it.
+fn insert_rows(conn: &Connection, sql: &str, cells: &[Cell], text: &[u8]) -> Result<()> {
     let mut stmt = conn.prepare_cached(sql)?;
-    for (index, (field, kind)) in pending.fields.iter().zip(kinds.iter().cycle()).enumerate() {
-        let value = match field {
-            None => SqlValueRef::NULL,
-            Some((start, len)) => decode_binary_ref(kind, &pending.bytes[*start..start + len])?,
+    for (index, cell) in cells.iter().enumerate() {
+        let value = match *cell {
+            Cell::Null => ValueRef::Null,
+            Cell::Integer(i) => ValueRef::Integer(i),
+            Cell::Real(f) => ValueRef::Real(f),
+            Cell::Text { start, len } => ValueRef::Text(&text[start as usize..(start + len) as usize]),
         };
-        stmt.raw_bind_parameter(index + 1, value)?;
+        stmt.raw_bind_parameter(index + 1, ToSqlOutput::Borrowed(value))?;
     }
     stmt.raw_execute()?;
-    pending.bytes.clear();
-    pending.fields.clear();
     Ok(())
 }
 
@@ -563,7 +627,7 @@ mod tests {
                 let dir = directory();
                 let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
                 for piece in copy_stream(rows).chunks(chunk) {
-                    sync.copy_chunks(OID, piece.to_vec()).expect("queued");
+                    sync.copy_chunks(OID, piece).expect("queued");
                 }
                 assert_eq!(sync.finish_table(OID).expect("finished"), u64::from(rows), "{rows} rows in chunks of {chunk}");
                 assert_eq!(sync.rows(), u64::from(rows));
@@ -586,25 +650,24 @@ mod tests {
         let second_label = SIGNATURE.len() + 8 + (2 + 4 + 8 + 4) + (2 + 4 + 8 + 4);
         assert_eq!(&stream[second_label..second_label + 5], b"row 1");
         stream[second_label] = 0xFF;
-        sync.copy_chunks(OID, stream).expect("queued before it is decoded");
-        let err = sync.finish_table(OID).expect_err("the bad value is found");
+        let err = sync.copy_chunks(OID, &stream).expect_err("the bad value is found");
         assert!(matches!(err, Error::InvalidValue { .. }), "{err}");
         // Later calls fail too, and nothing is renamed into place.
-        assert!(sync.copy_chunks(OID, vec![0]).is_err());
+        assert!(sync.copy_chunks(OID, &[0]).is_err());
+        assert!(sync.finish_table(OID).is_err());
         assert!(sync.finish(&dir.join("r.db")).is_err());
         assert!(!dir.join("r.db").exists());
         fs::remove_dir_all(&dir).expect("cleaned up");
     }
 
     #[test]
-    fn a_framing_error_reaches_the_next_call() {
+    fn a_framing_error_reaches_the_caller_and_stops_the_sync() {
         let dir = directory();
         let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
         let mut stream = copy_stream(2);
         // The first tuple claims 3 fields.
         stream[SIGNATURE.len() + 8..SIGNATURE.len() + 10].copy_from_slice(&3i16.to_be_bytes());
-        sync.copy_chunks(OID, stream).expect("queued before it is decoded");
-        let err = sync.finish_table(OID).expect_err("the bad tuple is found");
+        let err = sync.copy_chunks(OID, &stream).expect_err("the bad tuple is found");
         assert!(matches!(err, Error::Malformed { .. }), "{err}");
         assert!(err.to_string().contains("tuple 1 has 3 fields, expected 2"), "{err}");
         assert!(matches!(sync.finish(&dir.join("r.db")), Err(Error::Protocol { .. })));
@@ -615,7 +678,7 @@ mod tests {
     fn an_unknown_table_is_refused() {
         let dir = directory();
         let sync = InitialSync::create(&dir.join("r.staging"), schema(), config()).expect("creates");
-        assert!(matches!(sync.copy_chunks(OID + 1, vec![]), Err(Error::Schema { .. })));
+        assert!(matches!(sync.copy_chunks(OID + 1, &[]), Err(Error::Schema { .. })));
         assert!(matches!(sync.copy_statement(OID + 1), Err(Error::Schema { .. })));
         drop(sync);
         fs::remove_dir_all(&dir).expect("cleaned up");

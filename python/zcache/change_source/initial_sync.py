@@ -9,9 +9,10 @@
    REPEATABLE READ transaction on the exported snapshot), largest first, with
    `COPY … TO STDOUT (FORMAT binary)`, in one Rust call (`_native.InitialSync.copy_tables`, GIL
    released): Rust's worker threads connect with the parameters psycopg resolved for the schema
-   connection (host, port, user, password, database) and queue the COPY output in 1 MiB chunks
-   for Rust's writer thread, which decodes and inserts into a staging SQLite file while the
-   workers go on reading (a bounded queue: they wait when the writer falls behind). The Rust
+   connection (host, port, user, password, database), decode the COPY output in 1 MiB chunks
+   and queue the decoded rows for Rust's writer thread, which inserts them into a staging SQLite
+   file while the workers go on reading (a bounded queue: they wait when the writer falls
+   behind). The Rust
    client speaks no TLS: when the upstream connection uses TLS, Python's worker threads read the
    COPY output with libpq instead and hand the same chunks over (`copy_chunks`).
 4. Rust builds the indexes, records the replication config and state, and renames the staging file
