@@ -443,11 +443,24 @@ impl<'g> Acc<'g> {
     fn finish_changes(mut self, version: &str, db: &Db) -> Result<Changes> {
         let list = std::mem::take(&mut self.list);
         let mut rows = Vec::with_capacity(list.len());
+        // Per table id (looked up once, not per row).
+        let tables: Vec<Option<&Arc<TableInfo>>> = if list.is_empty() {
+            Vec::new()
+        } else {
+            db.table_names.iter().map(|n| db.tables.get(n.as_ref())).collect()
+        };
         for t in list {
             let name = &db.table_names[t.rid.0 as usize];
+            let table = tables[t.rid.0 as usize];
+            // The engine writes the key of a one-column primary key as `{"<column>":<value>}`,
+            // compact: canonical already.
+            let key = || match table {
+                Some(table) if table.pk.len() == 1 => Ok(t.rid.1.clone()),
+                _ => canonical_key_of(&t.rid.1),
+            };
             match t.patch_op() {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (t.row, db.tables.get(name.as_ref())) else {
+                    let (Some(row), Some(table)) = (t.row, table) else {
                         continue;
                     };
                     // A row read for this call alone gives its op away.
@@ -456,18 +469,18 @@ impl<'g> Acc<'g> {
                             json: Some(json),
                             version,
                             ..
-                        }) if table.name == **name => (json.op, version),
+                        }) => (json.op, version),
                         Ok(row) => (table.put_op(&row), row.version),
                         Err(row) => (table.put_op(&row), row.version.clone()),
                     };
                     rows.push(RowOp {
                         table: name.clone(),
-                        key: canonical_key_of(&t.rid.1)?,
+                        key: key()?,
                         row_version: Some(version),
                         op,
                     });
                 }
-                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), canonical_key_of(&t.rid.1)?)),
+                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), key()?)),
                 None => {}
             }
         }
@@ -744,18 +757,25 @@ impl Run<'_, '_, '_> {
         }
     }
 
-    fn inc_row(&mut self, node: usize, row: &Arc<Row>) {
-        let rid = (self.st.tids[node], row.key.clone());
-        if self.plan.nodes[node].counted {
-            let count = self.st.rows.entry(rid.clone()).or_insert(0);
-            *count += 1;
-            if *count > 1 {
+    /// The query holds `row` once more (an entry of `node`); returns the key for the entry to
+    /// keep (see `Interest::hold`).
+    fn inc_row(&mut self, node: usize, row: &Arc<Row>) -> Arc<str> {
+        let tid = self.st.tids[node];
+        let counted = self.plan.nodes[node].counted;
+        if counted {
+            let rid = (tid, row.key.clone());
+            if let Some(count) = self.st.rows.get_mut(&rid) {
+                *count += 1;
                 self.acc.update(&rid, row);
-                return;
+                return rid.1;
             }
         }
-        self.acc.interest.hold(&rid, self.st.key);
-        self.acc.add_ref(rid, row);
+        let key = self.acc.interest.hold((tid, row.key.clone()), self.st.key);
+        if counted {
+            self.st.rows.insert((tid, key.clone()), 1);
+        }
+        self.acc.add_ref((tid, key.clone()), row);
+        key
     }
 
     fn dec_row(&mut self, node: usize, key: &Arc<str>) {
@@ -787,13 +807,11 @@ impl Run<'_, '_, '_> {
             p.refs += 1;
             return Ok(());
         }
-        let np = &self.plan.nodes[node];
+        let plan = self.plan;
+        let np = &plan.nodes[node];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
-        {
-            let mut c = self.ctx.counters.borrow_mut();
-            c.partition_queries += 1;
-        }
-        let rows = if np.limit == Some(0) {
+        self.ctx.counters.borrow_mut().partition_queries += 1;
+        let mut rows = if np.limit == Some(0) {
             Vec::new()
         } else {
             self.ctx.query_rows(
@@ -806,7 +824,6 @@ impl Run<'_, '_, '_> {
         // A row the node already holds in another partition moved there in this advance (its
         // correlation value changed); it is dirty in this node, which is processed after this
         // parent, and will move then.
-        let mut rows = rows;
         let held = &self.st.nodes[node].rows;
         if !held.is_empty() {
             rows.retain(|r| !held.contains_key(&r.key));
@@ -819,19 +836,21 @@ impl Run<'_, '_, '_> {
             self.acc.reserve(rows.len());
             self.acc.interest.reserve_holders(rows.len());
         }
-        let keys: Vec<Arc<str>> = rows.iter().map(|r| r.key.clone()).collect();
         self.st.nodes[node]
             .parts
-            .insert(key.clone(), Partition { refs: 1, keys });
+            .insert(key.clone(), Partition { refs: 1, keys: Vec::new() });
         if let Some(reg) = self.partition_reg(node, &key) {
             self.acc.interest.register(&reg, self.st.key);
         }
         // Limited partitions come in order from SQLite; unlimited ones are sets (see
-        // `plan::build_sql`).
+        // `plan::build_sql`). The partition lists the keys its entries keep (see
+        // `Interest::hold`), once they are all in (a failure drops the query's whole state).
+        let mut keys = Vec::with_capacity(rows.len());
         for (slot, row) in rows.into_iter().enumerate() {
             let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
-            self.add_entry(node, &key, &row, sort, slot)?;
+            keys.push(self.add_entry(node, &key, &row, sort, slot)?);
         }
+        self.st.nodes[node].parts.get_mut(&key).expect("inserted above").keys = keys;
         Ok(())
     }
 
@@ -854,8 +873,8 @@ impl Run<'_, '_, '_> {
     }
 
     /// Records `row` as an entry of `node` (its position in the partition is the caller's) and
-    /// holds its child partitions.
-    fn add_entry(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>, slot: usize) -> Result<()> {
+    /// holds its child partitions; returns the key the entry is recorded under.
+    fn add_entry(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>, slot: usize) -> Result<Arc<str>> {
         let plan = self.plan;
         let np = &plan.nodes[node];
         let links: Box<[Option<PartKey>]> = np
@@ -875,16 +894,14 @@ impl Run<'_, '_, '_> {
             links: links.clone(),
             version: row.version.clone(),
         };
-        self.st.nodes[node].rows.insert(row.key.clone(), entry);
-        if np.synced {
-            self.inc_row(node, row);
-        }
+        let key = if np.synced { self.inc_row(node, row) } else { row.key.clone() };
+        self.st.nodes[node].rows.insert(key.clone(), entry);
         for (i, &child) in np.children.iter().enumerate() {
             if let Some(k) = &links[i] {
                 self.acquire(child, k.clone())?;
             }
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Forgets the entry `key` of `node` (not its place in the partition's list) and releases
@@ -958,7 +975,7 @@ impl Run<'_, '_, '_> {
             .expect("present")
             .keys
             .insert(pos, row.key.clone());
-        self.add_entry(node, part, row, sort.into(), pos)
+        self.add_entry(node, part, row, sort.into(), pos).map(drop)
     }
 
     /// A row that stays in its partition: new position, version, child partitions.
@@ -1194,13 +1211,8 @@ impl Run<'_, '_, '_> {
             if self.st.nodes[node].rows.contains_key(&row.key) {
                 continue;
             }
-            self.st.nodes[node]
-                .parts
-                .get_mut(part)
-                .expect("present")
-                .keys
-                .push(row.key.clone());
-            self.add_entry(node, part, row, np.sort_key(&row.vals), 0)?;
+            let key = self.add_entry(node, part, row, np.sort_key(&row.vals), 0)?;
+            self.st.nodes[node].parts.get_mut(part).expect("present").keys.push(key);
         }
         Ok(())
     }

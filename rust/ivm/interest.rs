@@ -191,13 +191,20 @@ impl Interest {
         }
     }
 
-    /// The query starts holding a row.
-    pub fn hold(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
+    /// The query starts holding a row. Returns the engine's copy of the row's key, for the
+    /// query's state to keep instead of the copy it has just read: the queries holding a row
+    /// share one key (one allocation, and comparisons of equal keys end at the pointer).
+    pub fn hold(&mut self, rid: (u32, std::sync::Arc<str>), qk: u64) -> std::sync::Arc<str> {
         use std::collections::hash_map::Entry;
-        match self.holders.entry(rid.clone()) {
-            Entry::Occupied(mut o) => o.get_mut().add(qk),
+        match self.holders.entry(rid) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().add(qk);
+                o.key().1.clone()
+            }
             Entry::Vacant(v) => {
+                let key = v.key().1.clone();
                 v.insert(Queries::new(qk));
+                key
             }
         }
     }
