@@ -185,8 +185,11 @@ class CVRStore:
     def _load(self, conn: psycopg.Connection, requests: list[tuple[str, float]]) -> dict[str, CVRSnapshot]:
         ids = [g for g, _ in requests]
         granted = [t for _, t in requests]
-        # One pipeline: the statements go out together, the first fetch waits for all of them.
-        with conn.pipeline(), conn.transaction():
+        # One pipeline, one round trip: the statements go out together and run up to the Sync
+        # of the first fetch as one transaction. No BEGIN/COMMIT of our own: it cost a second
+        # round trip (0.99 → 0.61 ms per load here) and bought nothing, each statement takes
+        # its own snapshot at READ COMMITTED either way.
+        with conn.pipeline():
             conn.execute(
                 self._q(
                     """UPDATE {s}.instances AS i SET "owner" = %s, "grantedAt" = to_timestamp(r.t / 1000.0)
