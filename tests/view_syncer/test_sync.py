@@ -33,12 +33,24 @@ async def test_new_group_hydrates_and_follows_upstream(pg_dsn: str, tmp_path: Pa
         assert c.view.rows == h.expected([q])
         assert not c.broken
 
-        # ttl 0: the del is a config poke, then the query and its rows go in a second poke.
+        # ttl 0: the desire's del, the got del and the rows' dels go in one flush and one poke
+        # (zero-cache sends a config poke first, then a second one: clients take either).
         before = c.pokes
         await s.change(q.delete())
-        await c.wait_for(lambda: q.hash not in c.view.got and c.pokes == before + 2, "eviction")
+        await c.wait_for(lambda: q.hash not in c.view.got, "eviction")
+        assert c.pokes == before + 1
         assert c.view.rows == {}
         assert c.view.desired == {"c1": set()}
+
+        # A put through changeDesiredQueries: desire, got query and rows in one poke too.
+        before = c.pokes
+        await s.change(q.put(0))
+        await c.wait_for(lambda: q.hash in c.view.got, "re-hydration")
+        assert c.pokes == before + 1
+        part = [m for m in c.messages if m[0] == "pokePart"][-1][1]
+        assert part["desiredQueriesPatches"] == {"c1": [{"op": "put", "hash": q.hash}]}
+        assert part["gotQueriesPatch"] == [{"op": "put", "hash": q.hash}]
+        assert c.view.rows == h.expected([q])
         await s.close()
 
 

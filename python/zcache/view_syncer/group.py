@@ -685,15 +685,7 @@ class ClientGroup:
         async with self.locked():
             if not self.loaded:
                 return
-            now = self.ttl_now()
-            wanted = [
-                h
-                for h, q in sorted(self.queries.items())
-                if not q.internal
-                and self._wanted(h, now)
-                and (h not in self.engine_queries or retransform)
-                and (retransform or h not in self.errored)
-            ]
+            wanted = self._unsynced(retransform=retransform)
             internal_missing = not self._has_internal_queries()
         if not wanted and not internal_missing:
             return
@@ -703,10 +695,31 @@ class ClientGroup:
             if not self.loaded:
                 return
             change = GroupChange()
-            await self._add_queries(
-                change, handle, [h for h in wanted if h in self.queries], results, internal=not self._has_internal_queries()
-            )
+            await self._add_queries_and_commit(change, handle, [h for h in wanted if h in self.queries], results)
+
+    def _unsynced(self, *, retransform: bool) -> list[str]:
+        """The desired queries the engine does not run yet (with `retransform`: every desired one)."""
+        now = self.ttl_now()
+        return [
+            h
+            for h, q in sorted(self.queries.items())
+            if not q.internal
+            and self._wanted(h, now)
+            and (h not in self.engine_queries or retransform)
+            and (retransform or h not in self.errored)
+        ]
+
+    async def _add_queries_and_commit(
+        self, change: GroupChange, handle: Connection, hashes: Sequence[str], results: dict[str, TransformedQuery | ErroredQuery]
+    ) -> None:
+        """Adds the queries into `change` and commits it, also when one of them is refused: the
+        others are in the engine then, and the CVR must say so. Caller holds the lock."""
+        try:
+            await self._add_queries(change, handle, hashes, results, internal=not self._has_internal_queries())
+        except ConnectRefused:
             await self.commit(change)
+            raise
+        await self.commit(change)
 
     def _has_internal_queries(self) -> bool:
         return LMIDS_QUERY in self.engine_queries and MUTATION_RESULTS_QUERY in self.engine_queries
@@ -789,19 +802,22 @@ class ClientGroup:
         if not adds and not internal_adds:
             return
         outcomes = await self._svc.engine_add(self.id, adds + [(h, json.dumps(ast)) for h, ast in internal_adds])
-        try:
-            for (h, ast_json), outcome in zip(adds, outcomes[: len(adds)], strict=True):
-                q = self.queries[h]
-                if isinstance(outcome, str):
-                    # The AST does not fit the replica (zero-cache fails the client the same way).
-                    raise ConnectRefused("SchemaVersionNotSupported", outcome)
-                self.absorb(change, outcome)
-                self.engine_queries[h] = transformation_hash(json.loads(ast_json))
-                if not q.internal and (q.patch_version is None or q.deleted):
-                    change.got[h] = "put"
-        finally:
-            # The engine runs them whatever became of the others: the group must know.
-            self._absorb_internal(change, internal_adds, outcomes[len(adds) :])
+        # The engine runs every query that did not fail, whatever became of the others: the
+        # group must know them all before a refusal goes out.
+        refusal = None
+        for (h, ast_json), outcome in zip(adds, outcomes[: len(adds)], strict=True):
+            q = self.queries[h]
+            if isinstance(outcome, str):
+                # The AST does not fit the replica (zero-cache fails the client the same way).
+                refusal = refusal or ConnectRefused("SchemaVersionNotSupported", outcome)
+                continue
+            self.absorb(change, outcome)
+            self.engine_queries[h] = transformation_hash(json.loads(ast_json))
+            if not q.internal and (q.patch_version is None or q.deleted):
+                change.got[h] = "put"
+        self._absorb_internal(change, internal_adds, outcomes[len(adds) :])
+        if refusal is not None:
+            raise refusal
 
     def _internal_adds(self) -> list[tuple[str, dict[str, Any]]]:
         """The internal queries (last mutation ids, mutation results) the engine lacks."""
@@ -844,8 +860,14 @@ class ClientGroup:
                 return
             change = GroupChange()
             self._apply_desired(change, handle.client_id, patch)
+            await self._evict(self.ttl_now(), change)
+            wanted = self._unsynced(retransform=False)
+            if not any(self.queries[h].name is not None for h in wanted):
+                # Nothing to transform: the queries' rows go into the same flush and poke as
+                # the desire (one CVR round trip less before the client has its rows).
+                await self._add_queries_and_commit(change, handle, wanted, {})
+                return
             await self.commit(change)
-            await self._evict(self.ttl_now())
         await self.sync_queries(handle)
 
     async def evict_expired(self) -> None:
@@ -855,7 +877,9 @@ class ClientGroup:
             if self.loaded:
                 await self._evict(self.ttl_now())
 
-    async def _evict(self, now: float) -> None:
+    async def _evict(self, now: float, into: GroupChange | None = None) -> None:
+        """Removes the queries no client wants any more; their changes go `into` a change the
+        caller commits, or are committed here."""
         expired = [
             h
             for h in sorted(self.engine_queries)
@@ -863,13 +887,14 @@ class ClientGroup:
         ]
         if not expired:
             return
-        change = GroupChange()
+        change = into if into is not None else GroupChange()
         for h in expired:
             change.merge_patch(await self._svc.engine_remove(self.id, h))
             del self.engine_queries[h]
             if not self.queries[h].deleted:
                 change.got[h] = "del"
-        await self.commit(change)
+        if into is None:
+            await self.commit(change)
 
     async def delete_clients(self, handle: Connection, client_ids: Sequence[str]) -> None:
         async with self.locked():
