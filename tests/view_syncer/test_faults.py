@@ -206,6 +206,35 @@ async def test_groups_are_unloaded_when_their_clients_leave(pg_dsn: str, tmp_pat
         await sb.close()
 
 
+async def test_a_group_back_before_its_engine_state_was_released(pg_dsn: str, tmp_path: Path) -> None:
+    """A retired group's engine state is dropped lazily (by the ticker, a few groups per engine
+    call); a client coming back first gets a new group whose own first engine call drops it."""
+    async with running(pg_dsn, tmp_path) as h:
+        service = await h.start_service()
+        q = files_with_owner("u1")
+        c = FakeClient("c0", "g0")
+        s = await h.connect(c, init_connection(q.put(300_000), active_clients=["c0"]))
+        await c.wait_for(lambda: q.hash in c.view.got, "hydration")
+        await s.close()
+        group = service.groups["g0"]
+        async with group.locked():
+            group.retire()  # what the ticker does to an idle group, short of the release
+        del service.groups["g0"]
+        assert "g0" in service._forgotten
+
+        back = FakeClient("c0", "g0", base_cookie=c.view.cookie, view=c.view)
+        sb = await h.connect(back, init_connection(q.put(300_000), active_clients=["c0"], client_schema=None))
+        await back.wait_for(lambda: back.pokes >= 1, "catch-up")
+        assert "g0" not in service._forgotten
+        h.upstream.execute("UPDATE file SET name = 'after-return' WHERE id = 'f1'")
+        await h.synced()
+        await back.wait_for(lambda: back.view.rows == h.expected([q]), "the update")
+        stats = dict(await trio.to_thread.run_sync(service._engine.statistics))  # type: ignore[union-attr]
+        assert stats["groups"] == 1
+        assert stats["group_rows"] == len(h.expected([q]))
+        await sb.close()
+
+
 async def test_replica_rebuilt_clients_rehome_and_converge(pg_dsn: str, tmp_path: Path) -> None:
     """A change the stream cannot express (a column's type) makes the replicator build a new
     replica: the view syncer reopens the engine, clients are sent Rehome and come back from

@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -94,12 +96,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("zcache.view_syncer")
 
 T = TypeVar("T")
+_KEEP = object()  # `dict.pop`'s default: the group was not forgotten
 
 ADVANCE_BATCH = 256
 # Client groups' own engine calls (adds, removes, one group's advance) per worker-thread call:
 # few enough that an advance queued behind a batch of 10k-row hydrations waits for 16, not 64.
 ENGINE_BATCH = 16
 TICK_S = 0.5
+# Dropping a client group's engine state costs ~0.5 µs a row (~5 ms for 10k rows): groups are
+# dropped a few at a time, as many as take about this long, so that an advance queued behind
+# them waits for that, not for every group that went idle in a tick.
+RELEASE_CALL_S = 0.002
 IDLE_UNLOAD_S = 30.0
 STORE_RETRY_MAX_S = 10.0
 RETRANSFORM_CONCURRENCY = 8
@@ -141,10 +148,12 @@ class ViewSyncerService:
         self._engine: _native.QueryEngine | None = None
         self._engine_generation = 0  # bumped for each engine opened (a replica rebuilt)
         self._engine_limiter = trio.CapacityLimiter(1)
-        self._group_calls: Coalescer[Callable[[_native.QueryEngine], Any], Any] = Coalescer(
+        self._group_calls: Coalescer[tuple[str, Callable[[_native.QueryEngine], Any]], Any] = Coalescer(
             self._group_engine_batch, concurrency=1, max_batch=ENGINE_BATCH
         )
-        self._forgotten: list[str] = []
+        # Groups whose engine state is to be dropped (insertion-ordered): by the ticker, a few
+        # per engine call, or before the group's own next engine call.
+        self._forgotten: dict[str, None] = {}
         self._resyncs = 0
         self.replica_version = ""
         self.replica_tables: dict[str, Any] = {}
@@ -164,34 +173,37 @@ class ViewSyncerService:
 
     # --- the engine ---------------------------------------------------------------------------
 
-    async def _in_engine(self, fn: Callable[[_native.QueryEngine], T]) -> T:
+    async def _in_engine(self, fn: Callable[[_native.QueryEngine], T], groups: Iterable[str] = ()) -> T:
+        """Runs `fn` on the engine in a worker thread, after dropping the forgotten state of
+        `groups` (the groups `fn` works on). Calls run in the order they were made (the limiter
+        is FIFO), so a drop decided here never overtakes an earlier call, nor follows a later one."""
         engine = self._engine
         assert engine is not None, "the view syncer is not running"
-        forgotten, self._forgotten = self._forgotten, []
+        drop = [g for g in groups if self._forgotten.pop(g, _KEEP) is not _KEEP] if self._forgotten else []
 
         def call() -> T:
-            for group_id in forgotten:
+            for group_id in drop:
                 engine.remove_group(group_id)
             return fn(engine)
 
         return await trio.to_thread.run_sync(call, limiter=self._engine_limiter)
 
-    async def _group_engine_call(self, fn: Callable[[_native.QueryEngine], T]) -> T:
+    async def _group_engine_call(self, group_id: str, fn: Callable[[_native.QueryEngine], T]) -> T:
         """One client group's engine call: those of groups asking at the same time (a burst of
         connections hydrating) run in one worker-thread call, in the order they were asked."""
-        return await self._group_calls(fn)
+        return await self._group_calls((group_id, fn))
 
-    async def _group_engine_batch(self, calls: list[Callable[[_native.QueryEngine], Any]]) -> list[Any]:
+    async def _group_engine_batch(self, calls: list[tuple[str, Callable[[_native.QueryEngine], Any]]]) -> list[Any]:
         def run(engine: _native.QueryEngine) -> list[Any]:
             out: list[Any] = []
-            for fn in calls:
+            for _, fn in calls:
                 try:
                     out.append(fn(engine))
                 except Exception as e:  # that caller's error, not its neighbours'
                     out.append(e)
             return out
 
-        return await self._in_engine(run)
+        return await self._in_engine(run, [group_id for group_id, _ in calls])
 
     @property
     def engine_generation(self) -> int:
@@ -199,8 +211,9 @@ class ViewSyncerService:
         return self._engine_generation
 
     def forget_engine_group(self, group_id: str) -> None:
-        """The engine drops the group before its next call."""
-        self._forgotten.append(group_id)
+        """The engine drops the group's state: before the group's next engine call, or when the
+        ticker releases forgotten groups, whichever comes first."""
+        self._forgotten[group_id] = None
 
     async def engine_add(self, group_id: str, adds: list[tuple[str, str]]) -> list[Patch | str]:
         """Adds queries; per query its patch, or why the engine refused its AST."""
@@ -214,19 +227,19 @@ class ViewSyncerService:
                     out.append(str(e))
             return out
 
-        patches = await self._group_engine_call(call)
+        patches = await self._group_engine_call(group_id, call)
         self._index_check.set()
         return patches
 
     async def engine_remove(self, group_id: str, query_hash: str) -> Patch:
-        return await self._group_engine_call(lambda e: e.remove_query_changes(group_id, query_hash))
+        return await self._group_engine_call(group_id, lambda e: e.remove_query_changes(group_id, query_hash))
 
     async def engine_advance(self, group_ids: list[str]) -> dict[str, Patch]:
-        return await self._in_engine(lambda e: dict(e.advance_changes(group_ids)))
+        return await self._in_engine(lambda e: dict(e.advance_changes(group_ids)), group_ids)
 
     async def engine_advance_group(self, group_id: str) -> Patch:
         """One group's advance (a group loading, or one skipped by the advance loop)."""
-        return await self._group_engine_call(lambda e: dict(e.advance_changes([group_id]))[group_id])
+        return await self._group_engine_call(group_id, lambda e: dict(e.advance_changes([group_id]))[group_id])
 
     async def fetch_rows(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The current rows, by (table, canonical key): their encoded `put` ops."""
@@ -234,7 +247,7 @@ class ViewSyncerService:
         return {(table, key): op for table, key, _, op in ops}
 
     async def query_row_counts(self, group_id: str, hashes: list[str]) -> dict[str, int]:
-        return await self._in_engine(lambda e: {h: e.query_rows(group_id, h) for h in hashes})
+        return await self._in_engine(lambda e: {h: e.query_rows(group_id, h) for h in hashes}, [group_id])
 
     async def refresh_replica_tables(self) -> None:
         self._tables_seen = self._replicator.versions.version
@@ -266,7 +279,7 @@ class ViewSyncerService:
         self._resyncs = self._replicator.statistics().resyncs
         self._engine = await trio.to_thread.run_sync(_native.QueryEngine, self._replica_path)
         self._engine_generation += 1
-        self._forgotten = []
+        self._forgotten = {}
         await self.refresh_replica_tables()
         self._permissions_version = None
         await self._refresh_permissions()
@@ -448,7 +461,6 @@ class ViewSyncerService:
         while True:
             await trio.sleep(TICK_S)
             now = trio.current_time()
-            retired = False
             for g in list(self.groups.values()):
                 if g.connections and g.loaded:
                     expiry = g.next_expiry()
@@ -459,19 +471,33 @@ class ViewSyncerService:
                         try:
                             if not g.connections:
                                 g.retire()
-                                retired = True
                                 if self.groups.get(g.id) is g:
                                     del self.groups[g.id]
                         finally:
                             g.unlock()
-            if retired:
-                await self._release_retired_groups()
+            if self._forgotten:
+                await self._release_forgotten_groups()
 
-    async def _release_retired_groups(self) -> None:
-        """The engine drops retired groups at its next call, which may not come for a long time
-        without upstream writes: make that call now, then give the freed heap back to the OS."""
-        if self._engine is not None:
-            await self._in_engine(lambda engine: None)
+    async def _release_forgotten_groups(self) -> None:
+        """Drops the engine state of forgotten groups (retired, failed), a few groups per engine
+        call (as many as take about RELEASE_CALL_S), then gives the freed heap back to the OS."""
+        per_call = 1
+        while self._forgotten and self._engine is not None:
+            drop = list(itertools.islice(self._forgotten, per_call))
+            for group_id in drop:
+                del self._forgotten[group_id]
+
+            def release(engine: _native.QueryEngine, drop: list[str] = drop) -> float:
+                start = time.perf_counter()
+                for group_id in drop:
+                    engine.remove_group(group_id)
+                return time.perf_counter() - start
+
+            took = await self._in_engine(release)
+            if took < RELEASE_CALL_S / 2:
+                per_call = min(per_call * 2, ADVANCE_BATCH)
+            elif took > RELEASE_CALL_S * 2:
+                per_call = max(per_call // 2, 1)
         await trio.to_thread.run_sync(_release_free_heap)
 
     async def _retransform_loop(self) -> None:
