@@ -106,8 +106,10 @@ async def test_round_trip_and_catchup(pg_dsn: str, pg_conn: psycopg.Connection) 
 
     v2 = CVRVersion("527vbqo")
     second = CVRFlush(
-        instance("g1", v2, client_schema=schema, profile_id="p1", replica_version="4abc", ttl_clock_ms=99.0),
+        # The schema was written by the first flush: later ones leave it as it is.
+        instance("g1", v2, client_schema=None, profile_id="p1", replica_version="4abc", ttl_clock_ms=99.0),
         expected_version=v1,
+        write_client_schema=False,
         clients_removed=["c2"],
         queries=[
             QueryRecord("q1", name="filesByOwner", args=[{"ownerId": "u1"}], patch_version=v2, transformation_hash="t1", transformation_version=v2),
@@ -126,8 +128,9 @@ async def test_round_trip_and_catchup(pg_dsn: str, pg_conn: psycopg.Connection) 
 
     v3 = CVRVersion("527vbqo", 1)
     third = CVRFlush(
-        instance("g1", v3, client_schema=schema, profile_id="p1", replica_version="4abc", ttl_clock_ms=120.0),
+        instance("g1", v3, client_schema=None, profile_id="p1", replica_version="4abc", ttl_clock_ms=120.0),
         expected_version=v2,
+        write_client_schema=False,
         desires=[DesireRecord("c1", "q1", v3, deleted=True, ttl_ms=0.0, inactivated_at_ms=120.0)],
         rows=_native.RowChanges.of_records([("file", key(id="f2"), None), ("file", key(id="f1"), "5aaa")]),
     )

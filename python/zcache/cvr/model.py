@@ -117,6 +117,10 @@ class CVRFlush:
     rows: _native.RowChanges = field(default_factory=_native.RowChanges)
     # No row record of the group exists yet: the rows are inserted, not upserted.
     rows_new: bool = False
+    # `instance.client_schema` is written only when this is set (a new group, or its schema
+    # just set): otherwise the stored one stays, and the flush of an advance does not carry
+    # (and Postgres does not re-parse and re-write) a few kB of JSON per group.
+    write_client_schema: bool = True
 
 
 @dataclass(frozen=True)

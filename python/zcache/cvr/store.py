@@ -462,15 +462,15 @@ checked AS (
 ),
 accepted AS (SELECT * FROM checked WHERE ok),
 w_instances AS (
-  INSERT INTO {s}.instances ("clientGroupID", "version", "lastActive", "ttlClock", "replicaVersion",
-                             "owner", "grantedAt", "clientSchema", "profileID", "deleted")
+  INSERT INTO {s}.instances AS i ("clientGroupID", "version", "lastActive", "ttlClock", "replicaVersion",
+                                  "owner", "grantedAt", "clientSchema", "profileID", "deleted")
   SELECT g, version, to_timestamp(last_active / 1000.0), ttl_clock, replica_version,
          %(owner)s, to_timestamp(granted_at / 1000.0), client_schema::jsonb, profile_id, deleted
   FROM accepted
   ON CONFLICT ("clientGroupID") DO UPDATE SET
     "version" = excluded."version", "lastActive" = excluded."lastActive",
     "ttlClock" = excluded."ttlClock", "replicaVersion" = excluded."replicaVersion",
-    "clientSchema" = excluded."clientSchema", "profileID" = excluded."profileID",
+    "clientSchema" = COALESCE(excluded."clientSchema", i."clientSchema"), "profileID" = excluded."profileID",
     "deleted" = excluded."deleted"
 ),
 w_rows_version AS (
@@ -584,7 +584,7 @@ def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
         "ttl_clock": [i.ttl_clock_ms for i in instances],
         "replica_version": [i.replica_version for i in instances],
         "granted_at": [i.granted_at_ms for i in instances],
-        "client_schema": [_json_text(i.client_schema) for i in instances],
+        "client_schema": [_json_text(f.instance.client_schema) if f.write_client_schema else None for f in flushes],
         "profile_id": [i.profile_id for i in instances],
         "deleted": [i.deleted for i in instances],
     }

@@ -323,6 +323,7 @@ class ClientGroup:
             desires=[self.desires[k] for k in sorted(change.desires)],
             rows=change.rows,
             rows_new=not self.rows_recorded,
+            write_client_schema=self.stored_version is None or change.instance_changed,
         )
         head: list[str] = []
         if change.transform_errors:
