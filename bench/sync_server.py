@@ -225,11 +225,14 @@ def file_of(shape: demo_data.DemoShape, user: int, k: int = 0) -> str:
 
 
 def measure_hydration(server: Server, pool: Pool, shape: demo_data.DemoShape, samples: int, kinds: list[str]) -> dict[str, list[float]]:
-    """One new client at a time: `new Zero()` → first complete result, ms."""
+    """One new client at a time: `new Zero()` → first complete result, ms; and under
+    `<kind>_server`, the server's turn within it as the client's socket saw it (clients.mjs:
+    socket open → `connected`, plus the query sent → the last `pokeEnd` before complete)."""
     node = pool.nodes[0]
     out: dict[str, list[float]] = {}
     for kind in kinds:
         times = []
+        server_turns = []
         for i in range(samples + WARMUP):
             user = (i * 97 + 13) % shape.users
             query: dict[str, Any] = {"kind": kind}
@@ -244,7 +247,10 @@ def measure_hydration(server: Server, pool: Pool, shape: demo_data.DemoShape, sa
                 raise RuntimeError(f"{server.name}: {kind} did not complete within 60 s")
             if i >= WARMUP:
                 times.append(answer["complete"][key] - answer["started"][key])
+                if answer["server"].get(key) is not None:
+                    server_turns.append(answer["server"][key])
         out[kind] = times
+        out[f"{kind}_server"] = server_turns
     return out
 
 
@@ -525,6 +531,8 @@ def table(out: dict[str, Any]) -> list[tuple[str, ...]]:
                 ref = REFERENCE[f"hydrate_{kind}"][idx]
                 target = (theirs if theirs is not None else ref) / 4
                 add(f"connect → complete, {label}, {qname}", ours, theirs, "ms", f"{ref} ms", target, target_text=f"≤ ¼ zero-cache ({target:.1f} ms)")
+            ours, theirs = both(phases["hydrate"], lambda r: statistics.median(r[f"{kind}_server"]) if r.get(f"{kind}_server") else None)
+            add("&nbsp;&nbsp;of which the server's turn (as the client's socket saw it), p50", ours, theirs, "ms", "", None)
     if "commit" in phases:
         for q, qname, idx in ((0.5, "p50", 0), (0.99, "p99", 1)):
             ours, theirs = both(phases["commit"], lambda r: (statistics.median(r["latency_ms"]) if q == 0.5 else percentile(r["latency_ms"], q)) if r["latency_ms"] else None)

@@ -25,8 +25,13 @@ def test_the_sync_server_benchmark_runs_in_smoke_mode(app_server_install: AppSer
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     phases = json.loads(out.read_text())["phases"]
-    assert set(phases["hydrate"]["zcache"]) == {"files", "states", "newest", "owners"}
-    assert all(len(samples) == 3 for samples in phases["hydrate"]["zcache"].values())
+    hydrate = phases["hydrate"]["zcache"]
+    kinds = ("files", "states", "newest", "owners")
+    assert set(hydrate) == {*kinds, *(f"{k}_server" for k in kinds)}
+    assert all(len(hydrate[k]) == 3 for k in kinds)
+    # The server's turn, as the clients' sockets saw it, is part of each connect → complete.
+    assert all(len(hydrate[f"{k}_server"]) == 3 for k in kinds)
+    assert all(0 < turn < total for k in kinds for turn, total in zip(hydrate[f"{k}_server"], hydrate[k], strict=True))
     commit = phases["commit"]["zcache"]
     assert commit["seen"] > 0 and len(commit["latency_ms"]) == commit["seen"]
     [sustained] = phases["sustained"]["5"]["zcache"]

@@ -9,7 +9,12 @@
 // Commands:
 //   {"op": "open", "url"?, "clients": [{"key", "query": {"kind", ...}}], "timeoutMs"}
 //       start every client at once; answer when all have a complete result (or the timeout):
-//       {"ok", "started": {key: epoch ms}, "complete": {key: epoch ms}, "missing": [key]}
+//       {"ok", "started": {key: epoch ms}, "complete": {key: epoch ms}, "missing": [key],
+//        "server": {key: ms}}: per client, the time it waited on the server, as its socket saw it
+//        (socket open → `connected`, plus its first `changeDesiredQueries` sent → the last
+//        `pokeEnd` received before the result was complete; from the socket's open when the query
+//        went out before `connected`); the rest of started → complete is the client's own work
+//        (and the TCP and WebSocket handshakes)
 //   {"op": "changes"}   the `lastPublished` changes seen since the last call (after each
 //       client's first complete result): {"ok", "changes": [[key, rowId, value, seen epoch µs]]}
 //   {"op": "rows", "keys"?}   each client's view: {"ok", "rows": {key: {complete, clientID, clientGroupID, rows}}}
@@ -29,6 +34,42 @@ const clients = new Map(); // key -> {z, view, complete, seen: Map(rowId -> last
 let changes = [];
 
 const nowUs = () => (performance.timeOrigin + performance.now()) * 1000;
+const nowMs = () => performance.timeOrigin + performance.now();
+
+// Each client's socket, timed (by userID, which is the client's key): when it opened, when
+// `connected` arrived, when the first `changeDesiredQueries` went out, when each `pokeEnd`
+// arrived. The listeners are registered before Zero's, so a time is taken on arrival.
+const wire = new Map();
+globalThis.WebSocket = class TimedWebSocket extends globalThis.WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    const key = new URL(url).searchParams.get('userID');
+    const times = {opened: null, connected: null, querySent: null, pokeEnds: []};
+    wire.set(key, times);
+    this.addEventListener('open', () => (times.opened = nowMs()));
+    this.addEventListener('message', event => {
+      if (typeof event.data !== 'string') return;
+      if (event.data.startsWith('["pokeEnd"')) times.pokeEnds.push(nowMs());
+      else if (times.connected === null && event.data.startsWith('["connected"')) times.connected = nowMs();
+    });
+    this._times = times;
+  }
+
+  send(data) {
+    if (this._times.querySent === null && typeof data === 'string' && data.startsWith('["changeDesiredQueries"')) this._times.querySent = nowMs();
+    super.send(data);
+  }
+};
+
+function serverShare(key, completeAt) {
+  const t = wire.get(key);
+  if (!t || t.opened === null || t.connected === null) return null;
+  const ends = t.pokeEnds.filter(e => e <= completeAt);
+  if (!ends.length) return null;
+  const lastEnd = ends[ends.length - 1];
+  if (t.querySent === null || t.querySent > lastEnd || t.querySent < t.connected) return lastEnd - t.opened;
+  return t.connected - t.opened + lastEnd - t.querySent;
+}
 const out = value => process.stdout.write(JSON.stringify(value) + '\n');
 
 function buildQuery(z, q) {
@@ -65,11 +106,12 @@ function watch(key, rows, state) {
 function open({url = process.env.ZERO_URL, clients: specs, timeoutMs = 60000}) {
   const started = {};
   const complete = {};
+  const server = {};
   return new Promise(resolve => {
     let pending = specs.length;
     const finish = () => {
       clearTimeout(timer);
-      resolve({ok: pending === 0, started, complete, missing: specs.map(s => s.key).filter(k => !(k in complete))});
+      resolve({ok: pending === 0, started, complete, server, missing: specs.map(s => s.key).filter(k => !(k in complete))});
     };
     const timer = setTimeout(finish, timeoutMs);
     if (pending === 0) return finish();
@@ -85,6 +127,7 @@ function open({url = process.env.ZERO_URL, clients: specs, timeoutMs = 60000}) {
           watch(key, data, state); // the hydrated values are not changes
           state.complete = true;
           complete[key] = nowUs() / 1000;
+          server[key] = serverShare(key, complete[key]);
           if (--pending === 0) finish();
           return;
         }
@@ -97,7 +140,10 @@ function open({url = process.env.ZERO_URL, clients: specs, timeoutMs = 60000}) {
 async function close(keys) {
   const chosen = keys ?? [...clients.keys()];
   await Promise.all(chosen.map(k => clients.get(k)?.z.close()));
-  for (const k of chosen) clients.delete(k);
+  for (const k of chosen) {
+    clients.delete(k);
+    wire.delete(k);
+  }
   return {ok: true, closed: chosen.length};
 }
 
