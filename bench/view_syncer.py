@@ -11,7 +11,9 @@ WebSocket, no Zero client: the edge's cost is not in these figures) that timesta
 Baselines measured in the same run:
 
 * hydration: the same query run directly on Postgres (`SELECT` over the same rows), and the
-  query engine's `add_query_changes` alone (what the view syncer calls) on the same replica;
+  query engine's `add_query_changes` alone (what the view syncer calls) on the same replica.
+  The 10-row query is timed twice: in `initConnection` (connect → got), and as the real Zero
+  client asks for it, in a `changeDesiredQueries` once connected (that message → got);
 * commit → client: commit → the replica's watermark (replication alone);
 * many clients, fan-out: zero-cache's figures from reference-figures.md (not measurable here).
 
@@ -44,7 +46,7 @@ from zcache.config import load_config  # noqa: E402
 from zcache.embedded_pg import EmbeddedPostgres  # noqa: E402
 from zcache.replica.replicator import Replicator  # noqa: E402
 from zcache.server.connection import ClientGone  # noqa: E402
-from zcache.server.protocol import ConnectParams, InitConnection, QueryPut, UpstreamMessage  # noqa: E402
+from zcache.server.protocol import ChangeDesiredQueries, ConnectParams, InitConnection, QueryPut, UpstreamMessage  # noqa: E402
 from zcache.view_syncer import ViewSyncerService  # noqa: E402
 
 ALLOW_ALL = json.dumps(
@@ -138,9 +140,10 @@ SCHEMA = {
 }
 
 
-def init(query_hash: str, ast: dict[str, Any]) -> InitConnection:
+def init(query_hash: str | None, ast: dict[str, Any] | None) -> InitConnection:
+    """`initConnection` with one query, or with none (`query_hash` None)."""
     return InitConnection(
-        desired_queries_patch=[QueryPut(hash=query_hash, name=None, args=None, ast=ast, ttl_ms=300_000)],
+        desired_queries_patch=[] if query_hash is None else [QueryPut(hash=query_hash, name=None, args=None, ast=ast, ttl_ms=300_000)],
         client_schema=SCHEMA, deleted_client_ids=[], deleted_client_group_ids=[], user_push_url=None,
         user_push_headers={}, user_query_url=None, user_query_headers={}, active_clients=None,
     )
@@ -154,10 +157,12 @@ class Run:
         self.upstream = psycopg.connect(dsn, autocommit=True)
         self.inboxes: list[trio.MemorySendChannel[UpstreamMessage]] = []
 
-    async def connect(self, client: BenchClient, ast: dict[str, Any]) -> None:
+    async def connect(self, client: BenchClient, ast: dict[str, Any] | None) -> trio.MemorySendChannel[UpstreamMessage]:
+        """Serves `client`, asking for `ast` in its `initConnection` (None: no query); returns its inbox."""
         send, receive = trio.open_memory_channel[UpstreamMessage](4)
         self.inboxes.append(send)
-        self.nursery.start_soon(self.service.serve_client, client, init(client.hash, ast), receive)
+        self.nursery.start_soon(self.service.serve_client, client, init(client.hash if ast is not None else None, ast), receive)
+        return send
 
     async def disconnect_all(self) -> None:
         for inbox in self.inboxes:
@@ -186,6 +191,22 @@ async def hydration(run: Run, users: int, samples: int) -> dict[str, Any]:
             assert client.got_at is not None
             latencies.append(client.got_at - start)
         out[f"hydrate_{label}"] = latencies
+    # As the real client: connected with no query (its first poke received), then the query.
+    latencies = []
+    for i in range(samples):
+        client = BenchClient(f"hc-{i}", f"ghc-{i}", f"qc-{i}")
+        inbox = await run.connect(client, None)
+        with trio.fail_after(60):
+            while not client.pokes:
+                await client.poked.wait()
+        start = time.perf_counter()
+        put = QueryPut(hash=client.hash, name=None, args=None, ast=files_of(user_id(i * 7 + 3)), ttl_ms=300_000)
+        await inbox.send(ChangeDesiredQueries([put]))
+        with trio.fail_after(60):
+            await client.got.wait()
+        assert client.got_at is not None
+        latencies.append(client.got_at - start)
+    out["hydrate_10_change"] = latencies
     # Baselines: the rows straight from Postgres; the engine alone on the replica.
     for label, sql, n in (
         ("10", 'SELECT * FROM file WHERE "ownerId" = %s', samples),
@@ -335,6 +356,8 @@ def report(r: dict[str, Any]) -> None:
     rows = [
         ("hydration, 10 rows (p50 / p90)", f"{ms(p(r['hydrate_10'], .5))} / {ms(p(r['hydrate_10'], .9))}",
          f"Postgres {ms(p(r['postgres_10'], .5))}, engine {ms(p(r['engine_10'], .5))}", f"{p(r['hydrate_10'], .5) / REFERENCE['hydrate_10']:.2f}"),
+        ("hydration, 10 rows, query after connect (p50 / p90)", f"{ms(p(r['hydrate_10_change'], .5))} / {ms(p(r['hydrate_10_change'], .9))}",
+         "changeDesiredQueries → got (the real client's way)", f"{p(r['hydrate_10_change'], .5) / REFERENCE['hydrate_10']:.2f}"),
         ("hydration, 10k rows (p50)", ms(p(r["hydrate_10k"], .5)),
          f"Postgres {ms(p(r['postgres_10k'], .5))}, engine {ms(p(r['engine_10k'], .5))}", f"{p(r['hydrate_10k'], .5) / REFERENCE['hydrate_10k']:.2f}"),
         ("commit → client (p50 / p99)", f"{ms(p(r['commit_to_client'], .5))} / {ms(p(r['commit_to_client'], .99))}",
