@@ -151,6 +151,9 @@ struct Db {
     table_names: Vec<Arc<str>>,
     schema_cookie: i64,
     specs_gen: u64,
+    /// An emptied row buffer of the largest partition read so far, so that hydrations of large
+    /// partitions do not grow one again (each doubling copies every row read so far).
+    spare_rows: RefCell<Vec<Row>>,
 }
 
 /// Shared by every client group of the process (see the module docs).
@@ -260,7 +263,40 @@ struct Touched {
     rid: RowId,
     before: Option<Arc<str>>,
     after: Option<Arc<str>>,
-    row: Option<Arc<Row>>,
+    row: Option<Content>,
+}
+
+/// A row's content for its put op.
+enum Content {
+    /// A row read once for the call (shared by the groups it advances).
+    Shared(Arc<Row>),
+    /// The client op of a row read for one query alone (see [`RowIn::Fresh`]).
+    Op(String),
+}
+
+/// A row entering a node's partition.
+enum RowIn<'r> {
+    /// Read by the query's own statement (hydration, refill): its client op moves into the
+    /// patch, and the row itself needs no shared allocation.
+    Fresh(Row),
+    Shared(&'r Arc<Row>),
+}
+
+impl RowIn<'_> {
+    fn row(&self) -> &Row {
+        match self {
+            RowIn::Fresh(row) => row,
+            RowIn::Shared(row) => row,
+        }
+    }
+
+    fn content(self) -> Content {
+        match self {
+            RowIn::Fresh(Row { json: Some(json), .. }) => Content::Op(json.op),
+            RowIn::Fresh(row) => Content::Shared(Arc::new(row)),
+            RowIn::Shared(row) => Content::Shared(row.clone()),
+        }
+    }
 }
 
 /// What a patch says of a touched row.
@@ -375,20 +411,21 @@ impl<'g> Acc<'g> {
     }
 
     /// A query starts holding the row.
-    fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
+    fn add_ref(&mut self, rid: RowId, row: RowIn<'_>) {
         use std::collections::hash_map::Entry as E;
         let Acc { rows, list, left, call, .. } = self;
+        let version = row.row().version.clone();
         match rows.entry(rid) {
             E::Occupied(mut o) => {
                 let r = o.get_mut();
                 r.refs += 1;
-                if r.version != row.version {
+                if r.version != version {
                     let rid = o.key().clone();
                     let r = o.get_mut();
                     let i = touch_held(list, *call, &rid, r);
-                    r.version = row.version.clone();
-                    list[i].after = Some(row.version.clone());
-                    list[i].row = Some(row.clone());
+                    r.version = version.clone();
+                    list[i].after = Some(version);
+                    list[i].row = Some(row.content());
                 }
             }
             E::Vacant(v) => {
@@ -402,13 +439,13 @@ impl<'g> Acc<'g> {
                     });
                     list.len() - 1
                 });
-                list[i].after = Some(row.version.clone());
-                list[i].row = Some(row.clone());
+                list[i].after = Some(version.clone());
+                list[i].row = Some(row.content());
                 v.insert(GroupRow {
                     refs: 1,
                     touched: u32::try_from(i).expect("fewer than 2^32 rows in one patch"),
                     call: *call,
-                    version: row.version.clone(),
+                    version,
                 });
             }
         }
@@ -427,13 +464,13 @@ impl<'g> Acc<'g> {
     }
 
     /// A held row was read again (at the call's version).
-    fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
+    fn update(&mut self, rid: &RowId, row: RowIn<'_>) {
         if let Some(r) = self.rows.get_mut(rid) {
-            if r.version != row.version {
+            if r.version != row.row().version {
                 let i = touch_held(&mut self.list, self.call, rid, r);
-                r.version = row.version.clone();
-                self.list[i].after = Some(row.version.clone());
-                self.list[i].row = Some(row.clone());
+                r.version = row.row().version.clone();
+                self.list[i].after = Some(r.version.clone());
+                self.list[i].row = Some(row.content());
             }
         }
     }
@@ -450,37 +487,38 @@ impl<'g> Acc<'g> {
             db.table_names.iter().map(|n| db.tables.get(n.as_ref())).collect()
         };
         for t in list {
-            let name = &db.table_names[t.rid.0 as usize];
-            let table = tables[t.rid.0 as usize];
+            let op = t.patch_op();
+            let Touched { rid: (tid, key), after, row, .. } = t;
+            let name = &db.table_names[tid as usize];
+            let table = tables[tid as usize];
             // The engine writes the key of a one-column primary key as `{"<column>":<value>}`,
             // compact: canonical already.
-            let key = || match table {
-                Some(table) if table.pk.len() == 1 => Ok(t.rid.1.clone()),
-                _ => canonical_key_of(&t.rid.1),
+            let key = match table {
+                Some(table) if table.pk.len() == 1 => key,
+                _ => canonical_key_of(&key)?,
             };
-            match t.patch_op() {
+            match op {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (t.row, table) else {
+                    let (Some(row), Some(table), Some(version)) = (row, table, after) else {
                         continue;
                     };
-                    // A row read for this call alone gives its op away.
-                    let (op, version) = match Arc::try_unwrap(row) {
-                        Ok(Row {
-                            json: Some(json),
-                            version,
-                            ..
-                        }) => (json.op, version),
-                        Ok(row) => (table.put_op(&row), row.version),
-                        Err(row) => (table.put_op(&row), row.version.clone()),
+                    let op = match row {
+                        Content::Op(op) => op,
+                        // A row read for this call alone gives its op away.
+                        Content::Shared(row) => match Arc::try_unwrap(row) {
+                            Ok(Row { json: Some(json), .. }) => json.op,
+                            Ok(row) => table.put_op(&row),
+                            Err(row) => table.put_op(&row),
+                        },
                     };
                     rows.push(RowOp {
                         table: name.clone(),
-                        key: key()?,
+                        key,
                         row_version: Some(version),
                         op,
                     });
                 }
-                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), key()?)),
+                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), key)),
                 None => {}
             }
         }
@@ -517,7 +555,14 @@ impl<'g> Acc<'g> {
         // One allocation for the whole patch (large hydrations are megabytes).
         let capacity: usize = list
             .iter()
-            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.op.len()) + r.version.len()))
+            .map(|t| {
+                let content = match &t.row {
+                    None => 0,
+                    Some(Content::Op(op)) => op.len(),
+                    Some(Content::Shared(r)) => r.json.as_ref().map_or(256, |j| j.op.len()),
+                };
+                96 + t.rid.1.len() + content + t.after.as_ref().map_or(0, |v| v.len())
+            })
             .sum();
         out.reserve(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
         out.push_str("{\"version\":");
@@ -528,7 +573,7 @@ impl<'g> Acc<'g> {
             let (table, table_name) = &tables[t.rid.0 as usize];
             match t.patch_op() {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (&t.row, table) else {
+                    let (Some(row), Some(table), Some(version)) = (&t.row, table, &t.after) else {
                         continue;
                     };
                     if !first {
@@ -538,11 +583,14 @@ impl<'g> Acc<'g> {
                     out.push_str("{\"op\":\"put\"");
                     out.push_str(table_name);
                     out.push_str(",\"value\":");
-                    table.write_row_json(out, row);
+                    match row {
+                        Content::Op(op) => out.push_str(table.op_value(op)),
+                        Content::Shared(row) => table.write_row_json(out, row),
+                    }
                     out.push_str(",\"rowKey\":");
                     out.push_str(&t.rid.1);
                     out.push_str(",\"rowVersion\":");
-                    write_json_str(out, &row.version);
+                    write_json_str(out, version);
                     out.push('}');
                 }
                 Some(PatchOp::Del) => {
@@ -600,23 +648,34 @@ impl<'a> Ctx<'a> {
         c.rows_read + c.row_reads
     }
 
-    /// Runs a statement returning rows of `table`; `needed`: see `TableInfo::read_row_with`.
+    /// Runs a statement returning rows of `table`; `needed`, `known`: see
+    /// `TableInfo::read_row_with`.
     fn query_rows(
         &self,
         table: &TableInfo,
         stmt: &Stmt,
         params: Vec<Val>,
         needed: Option<&[bool]>,
-    ) -> Result<Vec<Arc<Row>>> {
+        known: Option<&dyn Fn(&str) -> Option<Arc<str>>>,
+    ) -> Result<Vec<Row>> {
         let mut s = self.db.conn.prepare_cached(&stmt.sql)?;
         let mut cache = ReadCache::default();
         let mut rows = s.query(params_from_iter(params))?;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut *self.db.spare_rows.borrow_mut());
         while let Some(r) = rows.next()? {
-            out.push(Arc::new(table.read_row_with(r, needed, &mut cache)?));
+            out.push(table.read_row_with(r, needed, &mut cache, known)?);
         }
         self.counters.borrow_mut().rows_read += out.len() as u64;
         Ok(out)
+    }
+
+    /// Gives back a buffer of `query_rows`, emptied.
+    fn recycle(&self, mut rows: Vec<Row>) {
+        rows.clear();
+        let mut spare = self.db.spare_rows.borrow_mut();
+        if rows.capacity() > spare.capacity() {
+            *spare = rows;
+        }
     }
 
     /// A changed row at the call's version.
@@ -676,7 +735,8 @@ impl<'a> Ctx<'a> {
         let parent = &plan.nodes[node.parent.expect("EXISTS nodes have a parent")];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
         self.counters.borrow_mut().parent_lookups += 1;
-        let rows = Arc::new(self.query_rows(&parent.table, stmt, stmt.bind(&link_vals, &[], None), None)?);
+        let rows = self.query_rows(&parent.table, stmt, stmt.bind(&link_vals, &[], None), None, None)?;
+        let rows: Arc<Vec<Arc<Row>>> = Arc::new(rows.into_iter().map(Arc::new).collect());
         let mut cache = self.rows.borrow_mut();
         for r in rows.iter() {
             cache
@@ -759,18 +819,18 @@ impl Run<'_, '_, '_> {
 
     /// The query holds `row` once more (an entry of `node`); returns the key for the entry to
     /// keep (see `Interest::hold`).
-    fn inc_row(&mut self, node: usize, row: &Arc<Row>) -> Arc<str> {
+    fn inc_row(&mut self, node: usize, row: RowIn<'_>) -> Arc<str> {
         let tid = self.st.tids[node];
         let counted = self.plan.nodes[node].counted;
         if counted {
-            let rid = (tid, row.key.clone());
+            let rid = (tid, row.row().key.clone());
             if let Some(count) = self.st.rows.get_mut(&rid) {
                 *count += 1;
                 self.acc.update(&rid, row);
                 return rid.1;
             }
         }
-        let key = self.acc.interest.hold((tid, row.key.clone()), self.st.key);
+        let key = self.acc.interest.hold((tid, row.row().key.clone()), self.st.key);
         if counted {
             self.st.rows.insert((tid, key.clone()), 1);
         }
@@ -811,14 +871,18 @@ impl Run<'_, '_, '_> {
         let np = &plan.nodes[node];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
         self.ctx.counters.borrow_mut().partition_queries += 1;
+        let tid = self.st.tids[node];
         let mut rows = if np.limit == Some(0) {
             Vec::new()
         } else {
+            let interest: &Interest = self.acc.interest;
+            let known = |key: &str| interest.held_key(tid, key);
             self.ctx.query_rows(
                 &np.table,
                 &np.select,
                 np.select.bind(&link_vals, &[], np.limit),
                 Some(&np.needed),
+                np.synced.then_some(&known as &dyn Fn(&str) -> Option<Arc<str>>),
             )?
         };
         // A row the node already holds in another partition moved there in this advance (its
@@ -834,7 +898,7 @@ impl Run<'_, '_, '_> {
                 self.st.rows.reserve(rows.len());
             }
             self.acc.reserve(rows.len());
-            self.acc.interest.reserve_holders(rows.len());
+            self.acc.interest.reserve_holders(tid, rows.len());
         }
         self.st.nodes[node]
             .parts
@@ -846,10 +910,11 @@ impl Run<'_, '_, '_> {
         // `plan::build_sql`). The partition lists the keys its entries keep (see
         // `Interest::hold`), once they are all in (a failure drops the query's whole state).
         let mut keys = Vec::with_capacity(rows.len());
-        for (slot, row) in rows.into_iter().enumerate() {
+        for (slot, row) in rows.drain(..).enumerate() {
             let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
-            keys.push(self.add_entry(node, &key, &row, sort, slot)?);
+            keys.push(self.add_entry(node, &key, RowIn::Fresh(row), sort, slot)?);
         }
+        self.ctx.recycle(rows);
         self.st.nodes[node].parts.get_mut(&key).expect("inserted above").keys = keys;
         Ok(())
     }
@@ -874,7 +939,7 @@ impl Run<'_, '_, '_> {
 
     /// Records `row` as an entry of `node` (its position in the partition is the caller's) and
     /// holds its child partitions; returns the key the entry is recorded under.
-    fn add_entry(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>, slot: usize) -> Result<Arc<str>> {
+    fn add_entry(&mut self, node: usize, part: &PartKey, row: RowIn<'_>, sort: Box<[Val]>, slot: usize) -> Result<Arc<str>> {
         let plan = self.plan;
         let np = &plan.nodes[node];
         let links: Box<[Option<PartKey>]> = np
@@ -882,7 +947,7 @@ impl Run<'_, '_, '_> {
             .iter()
             .map(|&c| {
                 part_key(
-                    &row.vals,
+                    &row.row().vals,
                     &plan.nodes[c].link.as_ref().expect("children have links").parent_cols,
                 )
             })
@@ -892,9 +957,9 @@ impl Run<'_, '_, '_> {
             slot,
             sort: np.kept_sort(sort),
             links: links.clone(),
-            version: row.version.clone(),
+            version: row.row().version.clone(),
         };
-        let key = if np.synced { self.inc_row(node, row) } else { row.key.clone() };
+        let key = if np.synced { self.inc_row(node, row) } else { row.row().key.clone() };
         self.st.nodes[node].rows.insert(key.clone(), entry);
         for (i, &child) in np.children.iter().enumerate() {
             if let Some(k) = &links[i] {
@@ -975,7 +1040,7 @@ impl Run<'_, '_, '_> {
             .expect("present")
             .keys
             .insert(pos, row.key.clone());
-        self.add_entry(node, part, row, sort.into(), pos).map(drop)
+        self.add_entry(node, part, RowIn::Shared(row), sort.into(), pos).map(drop)
     }
 
     /// A row that stays in its partition: new position, version, child partitions.
@@ -1004,7 +1069,7 @@ impl Run<'_, '_, '_> {
             entry.version = row.version.clone();
             if np.synced {
                 let rid = (self.st.tids[node], row.key.clone());
-                self.acc.update(&rid, row);
+                self.acc.update(&rid, RowIn::Shared(row));
             }
         }
         let new_links: Vec<Option<PartKey>> = np
@@ -1198,6 +1263,7 @@ impl Run<'_, '_, '_> {
                     stmt,
                     stmt.bind(&link_vals, after, Some(count)),
                     Some(&np.needed),
+                    None,
                 )?
             }
             None => self.ctx.query_rows(
@@ -1205,13 +1271,15 @@ impl Run<'_, '_, '_> {
                 &np.select,
                 np.select.bind(&link_vals, &[], Some(count)),
                 Some(&np.needed),
+                None,
             )?,
         };
-        for row in &rows {
+        for row in rows {
             if self.st.nodes[node].rows.contains_key(&row.key) {
                 continue;
             }
-            let key = self.add_entry(node, part, row, np.sort_key(&row.vals), 0)?;
+            let sort = np.sort_key(&row.vals);
+            let key = self.add_entry(node, part, RowIn::Fresh(row), sort, 0)?;
             self.st.nodes[node].parts.get_mut(part).expect("present").keys.push(key);
         }
         Ok(())
@@ -1497,6 +1565,7 @@ impl QueryEngine {
             table_names: Vec::new(),
             schema_cookie: -1,
             specs_gen: 0,
+            spare_rows: RefCell::default(),
         };
         db.read(|_, _| Ok(()))?;
         Ok(QueryEngine {

@@ -21,6 +21,8 @@
 //! schema change every group is examined anyway (its plans are stale), so stale positions only
 //! cost precision.
 
+use std::sync::Arc;
+
 use super::value::{part_key, FastMap, FastSet, PartKey, Row};
 
 /// The query key of query `query` of group `group`.
@@ -134,7 +136,8 @@ pub enum Reg {
 pub struct Interest {
     always: FastMap<u32, Queries>,
     pins: FastMap<u32, Vec<PinSet>>,
-    holders: FastMap<(u32, std::sync::Arc<str>), Queries>,
+    /// Per table id, the held rows by key (looked up by the key's text: see [`Interest::held_key`]).
+    holders: Vec<FastMap<Arc<str>, Queries>>,
 }
 
 impl Interest {
@@ -194,30 +197,46 @@ impl Interest {
     /// The query starts holding a row. Returns the engine's copy of the row's key, for the
     /// query's state to keep instead of the copy it has just read: the queries holding a row
     /// share one key (one allocation, and comparisons of equal keys end at the pointer).
-    pub fn hold(&mut self, rid: (u32, std::sync::Arc<str>), qk: u64) -> std::sync::Arc<str> {
+    pub fn hold(&mut self, (tid, key): (u32, Arc<str>), qk: u64) -> Arc<str> {
         use std::collections::hash_map::Entry;
-        match self.holders.entry(rid) {
+        match self.table_holders(tid).entry(key) {
             Entry::Occupied(mut o) => {
                 o.get_mut().add(qk);
-                o.key().1.clone()
+                o.key().clone()
             }
             Entry::Vacant(v) => {
-                let key = v.key().1.clone();
+                let key = v.key().clone();
                 v.insert(Queries::new(qk));
                 key
             }
         }
     }
 
-    /// Room for `additional` more held rows (a partition being hydrated).
-    pub fn reserve_holders(&mut self, additional: usize) {
-        self.holders.reserve(additional);
+    /// The engine's copy of a held row's key, so that rows read again (another group hydrating
+    /// the same rows) need no key of their own.
+    pub fn held_key(&self, tid: u32, key: &str) -> Option<Arc<str>> {
+        let (held, _) = self.holders.get(tid as usize)?.get_key_value(key)?;
+        Some(held.clone())
+    }
+
+    fn table_holders(&mut self, tid: u32) -> &mut FastMap<Arc<str>, Queries> {
+        let i = tid as usize;
+        if self.holders.len() <= i {
+            self.holders.resize_with(i + 1, FastMap::default);
+        }
+        &mut self.holders[i]
+    }
+
+    /// Room for `additional` more held rows of table `tid` (a partition being hydrated).
+    pub fn reserve_holders(&mut self, tid: u32, additional: usize) {
+        self.table_holders(tid).reserve(additional);
     }
 
     /// The query stops holding a row.
-    pub fn release(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
-        if self.holders.get_mut(rid).is_some_and(|g| g.remove(qk)) {
-            self.holders.remove(rid);
+    pub fn release(&mut self, (tid, key): &(u32, Arc<str>), qk: u64) {
+        let Some(held) = self.holders.get_mut(*tid as usize) else { return };
+        if held.get_mut(key).is_some_and(|g| g.remove(qk)) {
+            held.remove(key);
         }
     }
 
@@ -228,11 +247,11 @@ impl Interest {
 
     /// Adds to `out` the queries a change of row `key` of table `tid` (now `row`, `None` if
     /// deleted) may concern.
-    pub fn candidates(&self, tid: u32, key: &std::sync::Arc<str>, row: Option<&Row>, out: &mut FastSet<u64>) {
+    pub fn candidates(&self, tid: u32, key: &Arc<str>, row: Option<&Row>, out: &mut FastSet<u64>) {
         if let Some(g) = self.always.get(&tid) {
             g.extend_into(out);
         }
-        if let Some(g) = self.holders.get(&(tid, key.clone())) {
+        if let Some(g) = self.holders.get(tid as usize).and_then(|held| held.get(key)) {
             g.extend_into(out);
         }
         if let (Some(sets), Some(row)) = (self.pins.get(&tid), row) {
@@ -250,7 +269,7 @@ impl Interest {
     /// Whether nothing is registered (tests).
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.always.is_empty() && self.pins.is_empty() && self.holders.is_empty()
+        self.always.is_empty() && self.pins.is_empty() && self.holders.iter().all(FastMap::is_empty)
     }
 }
 
