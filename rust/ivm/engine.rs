@@ -46,16 +46,41 @@ struct Partition {
     keys: Vec<Arc<str>>,
 }
 
-/// A row in a node's partition.
+/// A row in a node's partition (one per row of every hydrated query: kept small).
 #[derive(Debug)]
 struct Entry {
     part: PartKey,
+    version: Arc<str>,
+    /// The sort key (nodes with a limit) and child links (nodes with children), boxed together:
+    /// most entries have neither.
+    more: Option<Box<EntryMore>>,
     /// Unlimited nodes: the entry's index in its partition's (unordered) key list.
-    slot: usize,
+    slot: u32,
+}
+
+#[derive(Debug, Default)]
+struct EntryMore {
     sort: Box<[Val]>,
     /// Per child node: the child partition this row holds (`None`: a NULL correlation value).
     links: Box<[Option<PartKey>]>,
-    version: Arc<str>,
+}
+
+fn entry_slot(slot: usize) -> u32 {
+    u32::try_from(slot).expect("fewer than 2^32 rows in a partition")
+}
+
+impl Entry {
+    fn sort(&self) -> &[Val] {
+        self.more.as_ref().map_or(&[], |m| &m.sort)
+    }
+
+    fn links(&self) -> &[Option<PartKey>] {
+        self.more.as_ref().map_or(&[], |m| &m.links)
+    }
+
+    fn more(&mut self) -> &mut EntryMore {
+        self.more.get_or_insert_with(Box::default)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -290,11 +315,18 @@ impl RowIn<'_> {
         }
     }
 
-    fn content(self) -> Content {
+    /// The row's key, version and content, moved out of a fresh row (each reference count
+    /// change is an atomic operation, and hydration makes several per row).
+    fn split(self) -> (Arc<str>, Arc<str>, Content) {
         match self {
-            RowIn::Fresh(Row { json: Some(json), .. }) => Content::Op(json.op),
-            RowIn::Fresh(row) => Content::Shared(Arc::new(row)),
-            RowIn::Shared(row) => Content::Shared(row.clone()),
+            RowIn::Fresh(Row {
+                key,
+                version,
+                json: Some(json),
+                ..
+            }) => (key, version, Content::Op(json.op)),
+            RowIn::Fresh(row) => (row.key.clone(), row.version.clone(), Content::Shared(Arc::new(row))),
+            RowIn::Shared(row) => (row.key.clone(), row.version.clone(), Content::Shared(row.clone())),
         }
     }
 }
@@ -410,11 +442,10 @@ impl<'g> Acc<'g> {
         self.list.reserve(additional);
     }
 
-    /// A query starts holding the row.
-    fn add_ref(&mut self, rid: RowId, row: RowIn<'_>) {
+    /// A query starts holding the row (at `version`, its newest content `row`).
+    fn add_ref(&mut self, rid: RowId, version: Arc<str>, row: Content) {
         use std::collections::hash_map::Entry as E;
         let Acc { rows, list, left, call, .. } = self;
-        let version = row.row().version.clone();
         match rows.entry(rid) {
             E::Occupied(mut o) => {
                 let r = o.get_mut();
@@ -425,7 +456,7 @@ impl<'g> Acc<'g> {
                     let i = touch_held(list, *call, &rid, r);
                     r.version = version.clone();
                     list[i].after = Some(version);
-                    list[i].row = Some(row.content());
+                    list[i].row = Some(row);
                 }
             }
             E::Vacant(v) => {
@@ -440,7 +471,7 @@ impl<'g> Acc<'g> {
                     list.len() - 1
                 });
                 list[i].after = Some(version.clone());
-                list[i].row = Some(row.content());
+                list[i].row = Some(row);
                 v.insert(GroupRow {
                     refs: 1,
                     touched: u32::try_from(i).expect("fewer than 2^32 rows in one patch"),
@@ -464,13 +495,13 @@ impl<'g> Acc<'g> {
     }
 
     /// A held row was read again (at the call's version).
-    fn update(&mut self, rid: &RowId, row: RowIn<'_>) {
+    fn update(&mut self, rid: &RowId, version: Arc<str>, row: Content) {
         if let Some(r) = self.rows.get_mut(rid) {
-            if r.version != row.row().version {
+            if r.version != version {
                 let i = touch_held(&mut self.list, self.call, rid, r);
-                r.version = row.row().version.clone();
-                self.list[i].after = Some(r.version.clone());
-                self.list[i].row = Some(row.content());
+                self.list[i].after = Some(version.clone());
+                self.list[i].row = Some(row);
+                r.version = version;
             }
         }
     }
@@ -787,7 +818,7 @@ fn touch_part(
         let keys = &st.nodes[node].parts[pk].keys;
         let full_before = np.limit.is_some_and(|l| keys.len() as u64 >= l);
         let bound = if full_before {
-            keys.last().map(|k| st.nodes[node].rows[k].sort.clone())
+            keys.last().map(|k| Box::from(st.nodes[node].rows[k].sort()))
         } else {
             None
         };
@@ -819,22 +850,23 @@ impl Run<'_, '_, '_> {
 
     /// The query holds `row` once more (an entry of `node`); returns the key for the entry to
     /// keep (see `Interest::hold`).
-    fn inc_row(&mut self, node: usize, row: RowIn<'_>) -> Arc<str> {
+    fn inc_row(&mut self, node: usize, key: Arc<str>, version: Arc<str>, row: Content) -> Arc<str> {
         let tid = self.st.tids[node];
         let counted = self.plan.nodes[node].counted;
         if counted {
-            let rid = (tid, row.row().key.clone());
+            let rid = (tid, key);
             if let Some(count) = self.st.rows.get_mut(&rid) {
                 *count += 1;
-                self.acc.update(&rid, row);
+                self.acc.update(&rid, version, row);
                 return rid.1;
             }
-        }
-        let key = self.acc.interest.hold((tid, row.row().key.clone()), self.st.key);
-        if counted {
+            let key = self.acc.interest.hold(tid, rid.1, self.st.key);
             self.st.rows.insert((tid, key.clone()), 1);
+            self.acc.add_ref((tid, key.clone()), version, row);
+            return key;
         }
-        self.acc.add_ref((tid, key.clone()), row);
+        let key = self.acc.interest.hold(tid, key, self.st.key);
+        self.acc.add_ref((tid, key.clone()), version, row);
         key
     }
 
@@ -952,14 +984,20 @@ impl Run<'_, '_, '_> {
                 )
             })
             .collect();
+        let (key, version, content) = row.split();
+        let sort = np.kept_sort(sort);
         let entry = Entry {
             part: part.clone(),
-            slot,
-            sort: np.kept_sort(sort),
-            links: links.clone(),
-            version: row.row().version.clone(),
+            version: version.clone(),
+            more: (!sort.is_empty() || !links.is_empty()).then(|| {
+                Box::new(EntryMore {
+                    sort,
+                    links: links.clone(),
+                })
+            }),
+            slot: entry_slot(slot),
         };
-        let key = if np.synced { self.inc_row(node, row) } else { row.row().key.clone() };
+        let key = if np.synced { self.inc_row(node, key, version, content) } else { key };
         self.st.nodes[node].rows.insert(key.clone(), entry);
         for (i, &child) in np.children.iter().enumerate() {
             if let Some(k) = &links[i] {
@@ -981,7 +1019,7 @@ impl Run<'_, '_, '_> {
             self.dec_row(node, key);
         }
         for (i, &child) in np.children.iter().enumerate() {
-            if let Some(k) = &entry.links[i] {
+            if let Some(k) = &entry.links()[i] {
                 self.release(child, k);
             }
         }
@@ -992,7 +1030,7 @@ impl Run<'_, '_, '_> {
         let ns = &self.st.nodes[node];
         let np = &self.plan.nodes[node];
         let keys = &ns.parts[part].keys;
-        keys.binary_search_by(|k| np.cmp_sort(&ns.rows[k].sort, sort))
+        keys.binary_search_by(|k| np.cmp_sort(ns.rows[k].sort(), sort))
     }
 
     /// Removes `key` from its partition's list and forgets its entry.
@@ -1003,7 +1041,7 @@ impl Run<'_, '_, '_> {
         let part = entry.part.clone();
         if self.st.nodes[node].parts.contains_key(&part) {
             if self.plan.nodes[node].limit.is_some() {
-                let sort = entry.sort.clone();
+                let sort: Box<[Val]> = Box::from(entry.sort());
                 let pos = match self.position(node, &part, &sort) {
                     Ok(i) => Some(i),
                     Err(_) => self.st.nodes[node].parts[&part].keys.iter().position(|k| k == key),
@@ -1012,13 +1050,13 @@ impl Run<'_, '_, '_> {
                     self.st.nodes[node].parts.get_mut(&part).expect("present").keys.remove(i);
                 }
             } else {
-                let slot = entry.slot;
+                let slot = entry.slot as usize;
                 let ns = &mut self.st.nodes[node];
                 let keys = &mut ns.parts.get_mut(&part).expect("present").keys;
                 if keys.get(slot) == Some(key) {
                     keys.swap_remove(slot);
                     if let Some(moved) = keys.get(slot).cloned() {
-                        ns.rows.get_mut(&moved).expect("listed keys have entries").slot = slot;
+                        ns.rows.get_mut(&moved).expect("listed keys have entries").slot = entry_slot(slot);
                     }
                 }
             }
@@ -1048,12 +1086,12 @@ impl Run<'_, '_, '_> {
         let plan = self.plan;
         let np = &plan.nodes[node];
         // Unlimited nodes keep no order (see `NodePlan::kept_sort`).
-        let old_sort = self.st.nodes[node].rows[&row.key].sort.clone();
+        let old_sort: Box<[Val]> = Box::from(self.st.nodes[node].rows[&row.key].sort());
         if np.limit.is_some() && np.cmp_sort(&old_sort, &sort).is_ne() {
             if let Ok(i) = self.position(node, part, &old_sort) {
                 self.st.nodes[node].parts.get_mut(part).expect("present").keys.remove(i);
             }
-            self.st.nodes[node].rows.get_mut(&row.key).expect("present").sort = sort.clone();
+            self.st.nodes[node].rows.get_mut(&row.key).expect("present").more().sort = sort.clone();
             let pos = match self.position(node, part, &sort) {
                 Ok(i) | Err(i) => i,
             };
@@ -1069,7 +1107,7 @@ impl Run<'_, '_, '_> {
             entry.version = row.version.clone();
             if np.synced {
                 let rid = (self.st.tids[node], row.key.clone());
-                self.acc.update(&rid, RowIn::Shared(row));
+                self.acc.update(&rid, row.version.clone(), Content::Shared(row.clone()));
             }
         }
         let new_links: Vec<Option<PartKey>> = np
@@ -1083,9 +1121,9 @@ impl Run<'_, '_, '_> {
             })
             .collect();
         for (i, &child) in np.children.iter().enumerate() {
-            let old = self.st.nodes[node].rows[&row.key].links[i].clone();
+            let old = self.st.nodes[node].rows[&row.key].links()[i].clone();
             if old != new_links[i] {
-                self.st.nodes[node].rows.get_mut(&row.key).expect("present").links[i] = new_links[i].clone();
+                self.st.nodes[node].rows.get_mut(&row.key).expect("present").more().links[i] = new_links[i].clone();
                 if let Some(k) = &new_links[i] {
                     self.acquire(child, k.clone())?;
                 }
@@ -1253,7 +1291,7 @@ impl Run<'_, '_, '_> {
         let last = self.st.nodes[node].parts[part]
             .keys
             .last()
-            .map(|k| self.st.nodes[node].rows[k].sort.clone());
+            .map(|k| Box::<[Val]>::from(self.st.nodes[node].rows[k].sort()));
         self.ctx.counters.borrow_mut().refills += 1;
         let rows = match &last {
             Some(after) => {

@@ -197,19 +197,16 @@ impl Interest {
     /// The query starts holding a row. Returns the engine's copy of the row's key, for the
     /// query's state to keep instead of the copy it has just read: the queries holding a row
     /// share one key (one allocation, and comparisons of equal keys end at the pointer).
-    pub fn hold(&mut self, (tid, key): (u32, Arc<str>), qk: u64) -> Arc<str> {
-        use std::collections::hash_map::Entry;
-        match self.table_holders(tid).entry(key) {
-            Entry::Occupied(mut o) => {
-                o.get_mut().add(qk);
-                o.key().clone()
-            }
-            Entry::Vacant(v) => {
-                let key = v.key().clone();
-                v.insert(Queries::new(qk));
-                key
-            }
+    pub fn hold(&mut self, tid: u32, key: Arc<str>, qk: u64) -> Arc<str> {
+        let held = self.table_holders(tid);
+        // A key that is the engine's copy already (see `held_key`) is kept as it is.
+        if let Some(queries) = held.get_mut(&*key) {
+            queries.add(qk);
+            let (engine_key, _) = held.get_key_value(&*key).expect("present above");
+            return if Arc::ptr_eq(engine_key, &key) { key } else { engine_key.clone() };
         }
+        held.insert(key.clone(), Queries::new(qk));
+        key
     }
 
     /// The engine's copy of a held row's key, so that rows read again (another group hydrating
