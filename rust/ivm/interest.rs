@@ -43,13 +43,15 @@ pub fn group_of(key: u64) -> u32 {
 #[derive(Debug)]
 enum Queries {
     One { qk: u64, count: u32 },
-    Few(Vec<(u64, u32)>),
+    /// One item per registration (a query registered twice is listed twice: rare), so that a
+    /// registration is a push, not a search of the list.
+    Few(Vec<u64>),
     /// Boxed: one per widely held row, and the map of held rows stays small.
     Many(Box<FastMap<u64, u32>>),
 }
 
-/// How many queries a `Queries::Few` holds at most.
-const FEW: usize = 16;
+/// How many registrations a `Queries::Few` holds at most.
+const FEW: usize = 32;
 
 impl Queries {
     fn new(qk: u64) -> Self {
@@ -60,19 +62,19 @@ impl Queries {
         match self {
             Queries::One { qk, count } if *qk == g => *count += 1,
             Queries::One { qk, count } => {
-                let mut few = Vec::with_capacity(4);
-                few.extend([(*qk, *count), (g, 1)]);
+                let mut few = Vec::with_capacity((*count as usize + 1).max(4));
+                few.resize(*count as usize, *qk);
+                few.push(g);
                 *self = Queries::Few(few);
             }
-            Queries::Few(few) => match few.iter().position(|(k, _)| *k == g) {
-                Some(i) => few[i].1 += 1,
-                None if few.len() < FEW => few.push((g, 1)),
-                None => {
-                    let mut many: FastMap<u64, u32> = few.drain(..).collect();
-                    many.insert(g, 1);
-                    *self = Queries::Many(Box::new(many));
+            Queries::Few(few) if few.len() < FEW => few.push(g),
+            Queries::Few(few) => {
+                let mut many: FastMap<u64, u32> = FastMap::default();
+                for &k in few.iter().chain([&g]) {
+                    *many.entry(k).or_insert(0) += 1;
                 }
-            },
+                *self = Queries::Many(Box::new(many));
+            }
             Queries::Many(many) => *many.entry(g).or_insert(0) += 1,
         }
     }
@@ -87,11 +89,8 @@ impl Queries {
                 *count == 0
             }
             Queries::Few(few) => {
-                if let Some(i) = few.iter().position(|(k, _)| *k == g) {
-                    few[i].1 -= 1;
-                    if few[i].1 == 0 {
-                        few.swap_remove(i);
-                    }
+                if let Some(i) = few.iter().position(|&k| k == g) {
+                    few.swap_remove(i);
                 }
                 few.is_empty()
             }
@@ -112,7 +111,7 @@ impl Queries {
             Queries::One { qk, .. } => {
                 out.insert(*qk);
             }
-            Queries::Few(few) => out.extend(few.iter().map(|&(k, _)| k)),
+            Queries::Few(few) => out.extend(few.iter().copied()),
             Queries::Many(many) => out.extend(many.keys().copied()),
         }
     }
@@ -308,8 +307,16 @@ mod tests {
         few.add(8);
         assert!(matches!(few, Queries::Few(_)));
         assert!(!few.remove(9), "an unknown query changes nothing");
+        few.add(8);
         assert!(!few.remove(7));
+        assert!(!few.remove(8), "query 8 registered twice stays until both are removed");
         assert_eq!(keys(&few), vec![8]);
         assert!(few.remove(8));
+        // A query registered more than once before the list starts keeps its count.
+        let mut twice = Queries::new(1);
+        twice.add(1);
+        twice.add(2);
+        assert!(!twice.remove(1));
+        assert_eq!(keys(&twice), vec![1, 2]);
     }
 }
