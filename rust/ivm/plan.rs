@@ -230,11 +230,20 @@ impl TableInfo {
             out.extend_from_slice(self.put_prefix.as_bytes());
             out.push(b'{');
         }
+        // The key from the stored values (key columns need not be among the `needed` ones); a
+        // one-column key as its column is read.
+        cache.key.clear();
+        cache.key.push('{');
+        let single_key = (self.pk.len() == 1).then(|| self.pk[0]);
         for i in 0..n {
             let value = r.get_ref(i)?;
             if let Some(out) = json.as_mut() {
                 out.extend_from_slice(self.json_names[i].as_bytes());
                 write_value_json_bytes(out, self.cols[i].ty, value);
+            }
+            if single_key == Some(i) {
+                cache.key.push_str(&self.key_names[0]);
+                write_key_json(&mut cache.key, value);
             }
             if i < width {
                 let wanted = needed.map_or(true, |mask| mask[i]);
@@ -272,12 +281,11 @@ impl TableInfo {
             Some(min) if **min > *version => min.clone(),
             _ => version,
         };
-        // The key from the stored values: key columns need not be among the `needed` ones.
-        cache.key.clear();
-        cache.key.push('{');
-        for (n, &c) in self.pk.iter().enumerate() {
-            cache.key.push_str(&self.key_names[n]);
-            write_key_json(&mut cache.key, r.get_ref(c)?);
+        if single_key.is_none() {
+            for (n, &c) in self.pk.iter().enumerate() {
+                cache.key.push_str(&self.key_names[n]);
+                write_key_json(&mut cache.key, r.get_ref(c)?);
+            }
         }
         cache.key.push('}');
         let key = known
