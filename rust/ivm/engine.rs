@@ -46,16 +46,41 @@ struct Partition {
     keys: Vec<Arc<str>>,
 }
 
-/// A row in a node's partition.
+/// A row in a node's partition (one per row of every hydrated query: kept small).
 #[derive(Debug)]
 struct Entry {
     part: PartKey,
+    version: Arc<str>,
+    /// The sort key (nodes with a limit) and child links (nodes with children), boxed together:
+    /// most entries have neither.
+    more: Option<Box<EntryMore>>,
     /// Unlimited nodes: the entry's index in its partition's (unordered) key list.
-    slot: usize,
+    slot: u32,
+}
+
+#[derive(Debug, Default)]
+struct EntryMore {
     sort: Box<[Val]>,
     /// Per child node: the child partition this row holds (`None`: a NULL correlation value).
     links: Box<[Option<PartKey>]>,
-    version: Arc<str>,
+}
+
+fn entry_slot(slot: usize) -> u32 {
+    u32::try_from(slot).expect("fewer than 2^32 rows in a partition")
+}
+
+impl Entry {
+    fn sort(&self) -> &[Val] {
+        self.more.as_ref().map_or(&[], |m| &m.sort)
+    }
+
+    fn links(&self) -> &[Option<PartKey>] {
+        self.more.as_ref().map_or(&[], |m| &m.links)
+    }
+
+    fn more(&mut self) -> &mut EntryMore {
+        self.more.get_or_insert_with(Box::default)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +176,9 @@ struct Db {
     table_names: Vec<Arc<str>>,
     schema_cookie: i64,
     specs_gen: u64,
+    /// An emptied row buffer of the largest partition read so far, so that hydrations of large
+    /// partitions do not grow one again (each doubling copies every row read so far).
+    spare_rows: RefCell<Vec<Row>>,
 }
 
 /// Shared by every client group of the process (see the module docs).
@@ -260,7 +288,47 @@ struct Touched {
     rid: RowId,
     before: Option<Arc<str>>,
     after: Option<Arc<str>>,
-    row: Option<Arc<Row>>,
+    row: Option<Content>,
+}
+
+/// A row's content for its put op.
+enum Content {
+    /// A row read once for the call (shared by the groups it advances).
+    Shared(Arc<Row>),
+    /// The client op of a row read for one query alone (see [`RowIn::Fresh`]).
+    Op(String),
+}
+
+/// A row entering a node's partition.
+enum RowIn<'r> {
+    /// Read by the query's own statement (hydration, refill): its client op moves into the
+    /// patch, and the row itself needs no shared allocation.
+    Fresh(Row),
+    Shared(&'r Arc<Row>),
+}
+
+impl RowIn<'_> {
+    fn row(&self) -> &Row {
+        match self {
+            RowIn::Fresh(row) => row,
+            RowIn::Shared(row) => row,
+        }
+    }
+
+    /// The row's key, version and content, moved out of a fresh row (each reference count
+    /// change is an atomic operation, and hydration makes several per row).
+    fn split(self) -> (Arc<str>, Arc<str>, Content) {
+        match self {
+            RowIn::Fresh(Row {
+                key,
+                version,
+                json: Some(json),
+                ..
+            }) => (key, version, Content::Op(json.op)),
+            RowIn::Fresh(row) => (row.key.clone(), row.version.clone(), Content::Shared(Arc::new(row))),
+            RowIn::Shared(row) => (row.key.clone(), row.version.clone(), Content::Shared(row.clone())),
+        }
+    }
 }
 
 /// What a patch says of a touched row.
@@ -374,21 +442,21 @@ impl<'g> Acc<'g> {
         self.list.reserve(additional);
     }
 
-    /// A query starts holding the row.
-    fn add_ref(&mut self, rid: RowId, row: &Arc<Row>) {
+    /// A query starts holding the row (at `version`, its newest content `row`).
+    fn add_ref(&mut self, rid: RowId, version: Arc<str>, row: Content) {
         use std::collections::hash_map::Entry as E;
         let Acc { rows, list, left, call, .. } = self;
         match rows.entry(rid) {
             E::Occupied(mut o) => {
                 let r = o.get_mut();
                 r.refs += 1;
-                if r.version != row.version {
+                if r.version != version {
                     let rid = o.key().clone();
                     let r = o.get_mut();
                     let i = touch_held(list, *call, &rid, r);
-                    r.version = row.version.clone();
-                    list[i].after = Some(row.version.clone());
-                    list[i].row = Some(row.clone());
+                    r.version = version.clone();
+                    list[i].after = Some(version);
+                    list[i].row = Some(row);
                 }
             }
             E::Vacant(v) => {
@@ -402,13 +470,13 @@ impl<'g> Acc<'g> {
                     });
                     list.len() - 1
                 });
-                list[i].after = Some(row.version.clone());
-                list[i].row = Some(row.clone());
+                list[i].after = Some(version.clone());
+                list[i].row = Some(row);
                 v.insert(GroupRow {
                     refs: 1,
                     touched: u32::try_from(i).expect("fewer than 2^32 rows in one patch"),
                     call: *call,
-                    version: row.version.clone(),
+                    version,
                 });
             }
         }
@@ -427,13 +495,13 @@ impl<'g> Acc<'g> {
     }
 
     /// A held row was read again (at the call's version).
-    fn update(&mut self, rid: &RowId, row: &Arc<Row>) {
+    fn update(&mut self, rid: &RowId, version: Arc<str>, row: Content) {
         if let Some(r) = self.rows.get_mut(rid) {
-            if r.version != row.version {
+            if r.version != version {
                 let i = touch_held(&mut self.list, self.call, rid, r);
-                r.version = row.version.clone();
-                self.list[i].after = Some(row.version.clone());
-                self.list[i].row = Some(row.clone());
+                self.list[i].after = Some(version.clone());
+                self.list[i].row = Some(row);
+                r.version = version;
             }
         }
     }
@@ -450,37 +518,38 @@ impl<'g> Acc<'g> {
             db.table_names.iter().map(|n| db.tables.get(n.as_ref())).collect()
         };
         for t in list {
-            let name = &db.table_names[t.rid.0 as usize];
-            let table = tables[t.rid.0 as usize];
+            let op = t.patch_op();
+            let Touched { rid: (tid, key), after, row, .. } = t;
+            let name = &db.table_names[tid as usize];
+            let table = tables[tid as usize];
             // The engine writes the key of a one-column primary key as `{"<column>":<value>}`,
             // compact: canonical already.
-            let key = || match table {
-                Some(table) if table.pk.len() == 1 => Ok(t.rid.1.clone()),
-                _ => canonical_key_of(&t.rid.1),
+            let key = match table {
+                Some(table) if table.pk.len() == 1 => key,
+                _ => canonical_key_of(&key)?,
             };
-            match t.patch_op() {
+            match op {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (t.row, table) else {
+                    let (Some(row), Some(table), Some(version)) = (row, table, after) else {
                         continue;
                     };
-                    // A row read for this call alone gives its op away.
-                    let (op, version) = match Arc::try_unwrap(row) {
-                        Ok(Row {
-                            json: Some(json),
-                            version,
-                            ..
-                        }) => (json.op, version),
-                        Ok(row) => (table.put_op(&row), row.version),
-                        Err(row) => (table.put_op(&row), row.version.clone()),
+                    let op = match row {
+                        Content::Op(op) => op,
+                        // A row read for this call alone gives its op away.
+                        Content::Shared(row) => match Arc::try_unwrap(row) {
+                            Ok(Row { json: Some(json), .. }) => json.op,
+                            Ok(row) => table.put_op(&row),
+                            Err(row) => table.put_op(&row),
+                        },
                     };
                     rows.push(RowOp {
                         table: name.clone(),
-                        key: key()?,
+                        key,
                         row_version: Some(version),
                         op,
                     });
                 }
-                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), key()?)),
+                Some(PatchOp::Del) => rows.push(RowOp::deleted(name.clone(), key)),
                 None => {}
             }
         }
@@ -517,7 +586,14 @@ impl<'g> Acc<'g> {
         // One allocation for the whole patch (large hydrations are megabytes).
         let capacity: usize = list
             .iter()
-            .map(|t| 96 + t.rid.1.len() + t.row.as_ref().map_or(0, |r| r.json.as_ref().map_or(256, |j| j.op.len()) + r.version.len()))
+            .map(|t| {
+                let content = match &t.row {
+                    None => 0,
+                    Some(Content::Op(op)) => op.len(),
+                    Some(Content::Shared(r)) => r.json.as_ref().map_or(256, |j| j.op.len()),
+                };
+                96 + t.rid.1.len() + content + t.after.as_ref().map_or(0, |v| v.len())
+            })
             .sum();
         out.reserve(64 + capacity + self.errors.iter().map(|(h, m)| h.len() + m.len() + 8).sum::<usize>());
         out.push_str("{\"version\":");
@@ -528,7 +604,7 @@ impl<'g> Acc<'g> {
             let (table, table_name) = &tables[t.rid.0 as usize];
             match t.patch_op() {
                 Some(PatchOp::Put) => {
-                    let (Some(row), Some(table)) = (&t.row, table) else {
+                    let (Some(row), Some(table), Some(version)) = (&t.row, table, &t.after) else {
                         continue;
                     };
                     if !first {
@@ -538,11 +614,14 @@ impl<'g> Acc<'g> {
                     out.push_str("{\"op\":\"put\"");
                     out.push_str(table_name);
                     out.push_str(",\"value\":");
-                    table.write_row_json(out, row);
+                    match row {
+                        Content::Op(op) => out.push_str(table.op_value(op)),
+                        Content::Shared(row) => table.write_row_json(out, row),
+                    }
                     out.push_str(",\"rowKey\":");
                     out.push_str(&t.rid.1);
                     out.push_str(",\"rowVersion\":");
-                    write_json_str(out, &row.version);
+                    write_json_str(out, version);
                     out.push('}');
                 }
                 Some(PatchOp::Del) => {
@@ -600,23 +679,34 @@ impl<'a> Ctx<'a> {
         c.rows_read + c.row_reads
     }
 
-    /// Runs a statement returning rows of `table`; `needed`: see `TableInfo::read_row_with`.
+    /// Runs a statement returning rows of `table`; `needed`, `known`: see
+    /// `TableInfo::read_row_with`.
     fn query_rows(
         &self,
         table: &TableInfo,
         stmt: &Stmt,
         params: Vec<Val>,
         needed: Option<&[bool]>,
-    ) -> Result<Vec<Arc<Row>>> {
+        known: Option<&dyn Fn(&str) -> Option<Arc<str>>>,
+    ) -> Result<Vec<Row>> {
         let mut s = self.db.conn.prepare_cached(&stmt.sql)?;
         let mut cache = ReadCache::default();
         let mut rows = s.query(params_from_iter(params))?;
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut *self.db.spare_rows.borrow_mut());
         while let Some(r) = rows.next()? {
-            out.push(Arc::new(table.read_row_with(r, needed, &mut cache)?));
+            out.push(table.read_row_with(r, needed, &mut cache, known)?);
         }
         self.counters.borrow_mut().rows_read += out.len() as u64;
         Ok(out)
+    }
+
+    /// Gives back a buffer of `query_rows`, emptied.
+    fn recycle(&self, mut rows: Vec<Row>) {
+        rows.clear();
+        let mut spare = self.db.spare_rows.borrow_mut();
+        if rows.capacity() > spare.capacity() {
+            *spare = rows;
+        }
     }
 
     /// A changed row at the call's version.
@@ -676,7 +766,8 @@ impl<'a> Ctx<'a> {
         let parent = &plan.nodes[node.parent.expect("EXISTS nodes have a parent")];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
         self.counters.borrow_mut().parent_lookups += 1;
-        let rows = Arc::new(self.query_rows(&parent.table, stmt, stmt.bind(&link_vals, &[], None), None)?);
+        let rows = self.query_rows(&parent.table, stmt, stmt.bind(&link_vals, &[], None), None, None)?;
+        let rows: Arc<Vec<Arc<Row>>> = Arc::new(rows.into_iter().map(Arc::new).collect());
         let mut cache = self.rows.borrow_mut();
         for r in rows.iter() {
             cache
@@ -727,7 +818,7 @@ fn touch_part(
         let keys = &st.nodes[node].parts[pk].keys;
         let full_before = np.limit.is_some_and(|l| keys.len() as u64 >= l);
         let bound = if full_before {
-            keys.last().map(|k| st.nodes[node].rows[k].sort.clone())
+            keys.last().map(|k| Box::from(st.nodes[node].rows[k].sort()))
         } else {
             None
         };
@@ -759,22 +850,23 @@ impl Run<'_, '_, '_> {
 
     /// The query holds `row` once more (an entry of `node`); returns the key for the entry to
     /// keep (see `Interest::hold`).
-    fn inc_row(&mut self, node: usize, row: &Arc<Row>) -> Arc<str> {
+    fn inc_row(&mut self, node: usize, key: Arc<str>, version: Arc<str>, row: Content) -> Arc<str> {
         let tid = self.st.tids[node];
         let counted = self.plan.nodes[node].counted;
         if counted {
-            let rid = (tid, row.key.clone());
+            let rid = (tid, key);
             if let Some(count) = self.st.rows.get_mut(&rid) {
                 *count += 1;
-                self.acc.update(&rid, row);
+                self.acc.update(&rid, version, row);
                 return rid.1;
             }
-        }
-        let key = self.acc.interest.hold((tid, row.key.clone()), self.st.key);
-        if counted {
+            let key = self.acc.interest.hold(tid, rid.1, self.st.key);
             self.st.rows.insert((tid, key.clone()), 1);
+            self.acc.add_ref((tid, key.clone()), version, row);
+            return key;
         }
-        self.acc.add_ref((tid, key.clone()), row);
+        let key = self.acc.interest.hold(tid, key, self.st.key);
+        self.acc.add_ref((tid, key.clone()), version, row);
         key
     }
 
@@ -811,14 +903,18 @@ impl Run<'_, '_, '_> {
         let np = &plan.nodes[node];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
         self.ctx.counters.borrow_mut().partition_queries += 1;
+        let tid = self.st.tids[node];
         let mut rows = if np.limit == Some(0) {
             Vec::new()
         } else {
+            let interest: &Interest = self.acc.interest;
+            let known = |key: &str| interest.held_key(tid, key);
             self.ctx.query_rows(
                 &np.table,
                 &np.select,
                 np.select.bind(&link_vals, &[], np.limit),
                 Some(&np.needed),
+                np.synced.then_some(&known as &dyn Fn(&str) -> Option<Arc<str>>),
             )?
         };
         // A row the node already holds in another partition moved there in this advance (its
@@ -834,7 +930,7 @@ impl Run<'_, '_, '_> {
                 self.st.rows.reserve(rows.len());
             }
             self.acc.reserve(rows.len());
-            self.acc.interest.reserve_holders(rows.len());
+            self.acc.interest.reserve_holders(tid, rows.len());
         }
         self.st.nodes[node]
             .parts
@@ -846,10 +942,11 @@ impl Run<'_, '_, '_> {
         // `plan::build_sql`). The partition lists the keys its entries keep (see
         // `Interest::hold`), once they are all in (a failure drops the query's whole state).
         let mut keys = Vec::with_capacity(rows.len());
-        for (slot, row) in rows.into_iter().enumerate() {
+        for (slot, row) in rows.drain(..).enumerate() {
             let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
-            keys.push(self.add_entry(node, &key, &row, sort, slot)?);
+            keys.push(self.add_entry(node, &key, RowIn::Fresh(row), sort, slot)?);
         }
+        self.ctx.recycle(rows);
         self.st.nodes[node].parts.get_mut(&key).expect("inserted above").keys = keys;
         Ok(())
     }
@@ -874,7 +971,7 @@ impl Run<'_, '_, '_> {
 
     /// Records `row` as an entry of `node` (its position in the partition is the caller's) and
     /// holds its child partitions; returns the key the entry is recorded under.
-    fn add_entry(&mut self, node: usize, part: &PartKey, row: &Arc<Row>, sort: Box<[Val]>, slot: usize) -> Result<Arc<str>> {
+    fn add_entry(&mut self, node: usize, part: &PartKey, row: RowIn<'_>, sort: Box<[Val]>, slot: usize) -> Result<Arc<str>> {
         let plan = self.plan;
         let np = &plan.nodes[node];
         let links: Box<[Option<PartKey>]> = np
@@ -882,19 +979,25 @@ impl Run<'_, '_, '_> {
             .iter()
             .map(|&c| {
                 part_key(
-                    &row.vals,
+                    &row.row().vals,
                     &plan.nodes[c].link.as_ref().expect("children have links").parent_cols,
                 )
             })
             .collect();
+        let (key, version, content) = row.split();
+        let sort = np.kept_sort(sort);
         let entry = Entry {
             part: part.clone(),
-            slot,
-            sort: np.kept_sort(sort),
-            links: links.clone(),
-            version: row.version.clone(),
+            version: version.clone(),
+            more: (!sort.is_empty() || !links.is_empty()).then(|| {
+                Box::new(EntryMore {
+                    sort,
+                    links: links.clone(),
+                })
+            }),
+            slot: entry_slot(slot),
         };
-        let key = if np.synced { self.inc_row(node, row) } else { row.key.clone() };
+        let key = if np.synced { self.inc_row(node, key, version, content) } else { key };
         self.st.nodes[node].rows.insert(key.clone(), entry);
         for (i, &child) in np.children.iter().enumerate() {
             if let Some(k) = &links[i] {
@@ -916,7 +1019,7 @@ impl Run<'_, '_, '_> {
             self.dec_row(node, key);
         }
         for (i, &child) in np.children.iter().enumerate() {
-            if let Some(k) = &entry.links[i] {
+            if let Some(k) = &entry.links()[i] {
                 self.release(child, k);
             }
         }
@@ -927,7 +1030,7 @@ impl Run<'_, '_, '_> {
         let ns = &self.st.nodes[node];
         let np = &self.plan.nodes[node];
         let keys = &ns.parts[part].keys;
-        keys.binary_search_by(|k| np.cmp_sort(&ns.rows[k].sort, sort))
+        keys.binary_search_by(|k| np.cmp_sort(ns.rows[k].sort(), sort))
     }
 
     /// Removes `key` from its partition's list and forgets its entry.
@@ -938,7 +1041,7 @@ impl Run<'_, '_, '_> {
         let part = entry.part.clone();
         if self.st.nodes[node].parts.contains_key(&part) {
             if self.plan.nodes[node].limit.is_some() {
-                let sort = entry.sort.clone();
+                let sort: Box<[Val]> = Box::from(entry.sort());
                 let pos = match self.position(node, &part, &sort) {
                     Ok(i) => Some(i),
                     Err(_) => self.st.nodes[node].parts[&part].keys.iter().position(|k| k == key),
@@ -947,13 +1050,13 @@ impl Run<'_, '_, '_> {
                     self.st.nodes[node].parts.get_mut(&part).expect("present").keys.remove(i);
                 }
             } else {
-                let slot = entry.slot;
+                let slot = entry.slot as usize;
                 let ns = &mut self.st.nodes[node];
                 let keys = &mut ns.parts.get_mut(&part).expect("present").keys;
                 if keys.get(slot) == Some(key) {
                     keys.swap_remove(slot);
                     if let Some(moved) = keys.get(slot).cloned() {
-                        ns.rows.get_mut(&moved).expect("listed keys have entries").slot = slot;
+                        ns.rows.get_mut(&moved).expect("listed keys have entries").slot = entry_slot(slot);
                     }
                 }
             }
@@ -975,7 +1078,7 @@ impl Run<'_, '_, '_> {
             .expect("present")
             .keys
             .insert(pos, row.key.clone());
-        self.add_entry(node, part, row, sort.into(), pos).map(drop)
+        self.add_entry(node, part, RowIn::Shared(row), sort.into(), pos).map(drop)
     }
 
     /// A row that stays in its partition: new position, version, child partitions.
@@ -983,12 +1086,12 @@ impl Run<'_, '_, '_> {
         let plan = self.plan;
         let np = &plan.nodes[node];
         // Unlimited nodes keep no order (see `NodePlan::kept_sort`).
-        let old_sort = self.st.nodes[node].rows[&row.key].sort.clone();
+        let old_sort: Box<[Val]> = Box::from(self.st.nodes[node].rows[&row.key].sort());
         if np.limit.is_some() && np.cmp_sort(&old_sort, &sort).is_ne() {
             if let Ok(i) = self.position(node, part, &old_sort) {
                 self.st.nodes[node].parts.get_mut(part).expect("present").keys.remove(i);
             }
-            self.st.nodes[node].rows.get_mut(&row.key).expect("present").sort = sort.clone();
+            self.st.nodes[node].rows.get_mut(&row.key).expect("present").more().sort = sort.clone();
             let pos = match self.position(node, part, &sort) {
                 Ok(i) | Err(i) => i,
             };
@@ -1004,7 +1107,7 @@ impl Run<'_, '_, '_> {
             entry.version = row.version.clone();
             if np.synced {
                 let rid = (self.st.tids[node], row.key.clone());
-                self.acc.update(&rid, row);
+                self.acc.update(&rid, row.version.clone(), Content::Shared(row.clone()));
             }
         }
         let new_links: Vec<Option<PartKey>> = np
@@ -1018,9 +1121,9 @@ impl Run<'_, '_, '_> {
             })
             .collect();
         for (i, &child) in np.children.iter().enumerate() {
-            let old = self.st.nodes[node].rows[&row.key].links[i].clone();
+            let old = self.st.nodes[node].rows[&row.key].links()[i].clone();
             if old != new_links[i] {
-                self.st.nodes[node].rows.get_mut(&row.key).expect("present").links[i] = new_links[i].clone();
+                self.st.nodes[node].rows.get_mut(&row.key).expect("present").more().links[i] = new_links[i].clone();
                 if let Some(k) = &new_links[i] {
                     self.acquire(child, k.clone())?;
                 }
@@ -1188,7 +1291,7 @@ impl Run<'_, '_, '_> {
         let last = self.st.nodes[node].parts[part]
             .keys
             .last()
-            .map(|k| self.st.nodes[node].rows[k].sort.clone());
+            .map(|k| Box::<[Val]>::from(self.st.nodes[node].rows[k].sort()));
         self.ctx.counters.borrow_mut().refills += 1;
         let rows = match &last {
             Some(after) => {
@@ -1198,6 +1301,7 @@ impl Run<'_, '_, '_> {
                     stmt,
                     stmt.bind(&link_vals, after, Some(count)),
                     Some(&np.needed),
+                    None,
                 )?
             }
             None => self.ctx.query_rows(
@@ -1205,13 +1309,15 @@ impl Run<'_, '_, '_> {
                 &np.select,
                 np.select.bind(&link_vals, &[], Some(count)),
                 Some(&np.needed),
+                None,
             )?,
         };
-        for row in &rows {
+        for row in rows {
             if self.st.nodes[node].rows.contains_key(&row.key) {
                 continue;
             }
-            let key = self.add_entry(node, part, row, np.sort_key(&row.vals), 0)?;
+            let sort = np.sort_key(&row.vals);
+            let key = self.add_entry(node, part, RowIn::Fresh(row), sort, 0)?;
             self.st.nodes[node].parts.get_mut(part).expect("present").keys.push(key);
         }
         Ok(())
@@ -1497,6 +1603,7 @@ impl QueryEngine {
             table_names: Vec::new(),
             schema_cookie: -1,
             specs_gen: 0,
+            spare_rows: RefCell::default(),
         };
         db.read(|_, _| Ok(()))?;
         Ok(QueryEngine {

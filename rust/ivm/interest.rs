@@ -21,6 +21,8 @@
 //! schema change every group is examined anyway (its plans are stale), so stale positions only
 //! cost precision.
 
+use std::sync::Arc;
+
 use super::value::{part_key, FastMap, FastSet, PartKey, Row};
 
 /// The query key of query `query` of group `group`.
@@ -41,13 +43,15 @@ pub fn group_of(key: u64) -> u32 {
 #[derive(Debug)]
 enum Queries {
     One { qk: u64, count: u32 },
-    Few(Vec<(u64, u32)>),
+    /// One item per registration (a query registered twice is listed twice: rare), so that a
+    /// registration is a push, not a search of the list.
+    Few(Vec<u64>),
     /// Boxed: one per widely held row, and the map of held rows stays small.
     Many(Box<FastMap<u64, u32>>),
 }
 
-/// How many queries a `Queries::Few` holds at most.
-const FEW: usize = 16;
+/// How many registrations a `Queries::Few` holds at most.
+const FEW: usize = 32;
 
 impl Queries {
     fn new(qk: u64) -> Self {
@@ -58,19 +62,19 @@ impl Queries {
         match self {
             Queries::One { qk, count } if *qk == g => *count += 1,
             Queries::One { qk, count } => {
-                let mut few = Vec::with_capacity(4);
-                few.extend([(*qk, *count), (g, 1)]);
+                let mut few = Vec::with_capacity((*count as usize + 1).max(4));
+                few.resize(*count as usize, *qk);
+                few.push(g);
                 *self = Queries::Few(few);
             }
-            Queries::Few(few) => match few.iter().position(|(k, _)| *k == g) {
-                Some(i) => few[i].1 += 1,
-                None if few.len() < FEW => few.push((g, 1)),
-                None => {
-                    let mut many: FastMap<u64, u32> = few.drain(..).collect();
-                    many.insert(g, 1);
-                    *self = Queries::Many(Box::new(many));
+            Queries::Few(few) if few.len() < FEW => few.push(g),
+            Queries::Few(few) => {
+                let mut many: FastMap<u64, u32> = FastMap::default();
+                for &k in few.iter().chain([&g]) {
+                    *many.entry(k).or_insert(0) += 1;
                 }
-            },
+                *self = Queries::Many(Box::new(many));
+            }
             Queries::Many(many) => *many.entry(g).or_insert(0) += 1,
         }
     }
@@ -85,11 +89,8 @@ impl Queries {
                 *count == 0
             }
             Queries::Few(few) => {
-                if let Some(i) = few.iter().position(|(k, _)| *k == g) {
-                    few[i].1 -= 1;
-                    if few[i].1 == 0 {
-                        few.swap_remove(i);
-                    }
+                if let Some(i) = few.iter().position(|&k| k == g) {
+                    few.swap_remove(i);
                 }
                 few.is_empty()
             }
@@ -110,7 +111,7 @@ impl Queries {
             Queries::One { qk, .. } => {
                 out.insert(*qk);
             }
-            Queries::Few(few) => out.extend(few.iter().map(|&(k, _)| k)),
+            Queries::Few(few) => out.extend(few.iter().copied()),
             Queries::Many(many) => out.extend(many.keys().copied()),
         }
     }
@@ -134,7 +135,8 @@ pub enum Reg {
 pub struct Interest {
     always: FastMap<u32, Queries>,
     pins: FastMap<u32, Vec<PinSet>>,
-    holders: FastMap<(u32, std::sync::Arc<str>), Queries>,
+    /// Per table id, the held rows by key (looked up by the key's text: see [`Interest::held_key`]).
+    holders: Vec<FastMap<Arc<str>, Queries>>,
 }
 
 impl Interest {
@@ -194,30 +196,43 @@ impl Interest {
     /// The query starts holding a row. Returns the engine's copy of the row's key, for the
     /// query's state to keep instead of the copy it has just read: the queries holding a row
     /// share one key (one allocation, and comparisons of equal keys end at the pointer).
-    pub fn hold(&mut self, rid: (u32, std::sync::Arc<str>), qk: u64) -> std::sync::Arc<str> {
-        use std::collections::hash_map::Entry;
-        match self.holders.entry(rid) {
-            Entry::Occupied(mut o) => {
-                o.get_mut().add(qk);
-                o.key().1.clone()
-            }
-            Entry::Vacant(v) => {
-                let key = v.key().1.clone();
-                v.insert(Queries::new(qk));
-                key
-            }
+    pub fn hold(&mut self, tid: u32, key: Arc<str>, qk: u64) -> Arc<str> {
+        let held = self.table_holders(tid);
+        // A key that is the engine's copy already (see `held_key`) is kept as it is.
+        if let Some(queries) = held.get_mut(&*key) {
+            queries.add(qk);
+            let (engine_key, _) = held.get_key_value(&*key).expect("present above");
+            return if Arc::ptr_eq(engine_key, &key) { key } else { engine_key.clone() };
         }
+        held.insert(key.clone(), Queries::new(qk));
+        key
     }
 
-    /// Room for `additional` more held rows (a partition being hydrated).
-    pub fn reserve_holders(&mut self, additional: usize) {
-        self.holders.reserve(additional);
+    /// The engine's copy of a held row's key, so that rows read again (another group hydrating
+    /// the same rows) need no key of their own.
+    pub fn held_key(&self, tid: u32, key: &str) -> Option<Arc<str>> {
+        let (held, _) = self.holders.get(tid as usize)?.get_key_value(key)?;
+        Some(held.clone())
+    }
+
+    fn table_holders(&mut self, tid: u32) -> &mut FastMap<Arc<str>, Queries> {
+        let i = tid as usize;
+        if self.holders.len() <= i {
+            self.holders.resize_with(i + 1, FastMap::default);
+        }
+        &mut self.holders[i]
+    }
+
+    /// Room for `additional` more held rows of table `tid` (a partition being hydrated).
+    pub fn reserve_holders(&mut self, tid: u32, additional: usize) {
+        self.table_holders(tid).reserve(additional);
     }
 
     /// The query stops holding a row.
-    pub fn release(&mut self, rid: &(u32, std::sync::Arc<str>), qk: u64) {
-        if self.holders.get_mut(rid).is_some_and(|g| g.remove(qk)) {
-            self.holders.remove(rid);
+    pub fn release(&mut self, (tid, key): &(u32, Arc<str>), qk: u64) {
+        let Some(held) = self.holders.get_mut(*tid as usize) else { return };
+        if held.get_mut(key).is_some_and(|g| g.remove(qk)) {
+            held.remove(key);
         }
     }
 
@@ -228,11 +243,11 @@ impl Interest {
 
     /// Adds to `out` the queries a change of row `key` of table `tid` (now `row`, `None` if
     /// deleted) may concern.
-    pub fn candidates(&self, tid: u32, key: &std::sync::Arc<str>, row: Option<&Row>, out: &mut FastSet<u64>) {
+    pub fn candidates(&self, tid: u32, key: &Arc<str>, row: Option<&Row>, out: &mut FastSet<u64>) {
         if let Some(g) = self.always.get(&tid) {
             g.extend_into(out);
         }
-        if let Some(g) = self.holders.get(&(tid, key.clone())) {
+        if let Some(g) = self.holders.get(tid as usize).and_then(|held| held.get(key)) {
             g.extend_into(out);
         }
         if let (Some(sets), Some(row)) = (self.pins.get(&tid), row) {
@@ -250,7 +265,7 @@ impl Interest {
     /// Whether nothing is registered (tests).
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.always.is_empty() && self.pins.is_empty() && self.holders.is_empty()
+        self.always.is_empty() && self.pins.is_empty() && self.holders.iter().all(FastMap::is_empty)
     }
 }
 
@@ -292,8 +307,16 @@ mod tests {
         few.add(8);
         assert!(matches!(few, Queries::Few(_)));
         assert!(!few.remove(9), "an unknown query changes nothing");
+        few.add(8);
         assert!(!few.remove(7));
+        assert!(!few.remove(8), "query 8 registered twice stays until both are removed");
         assert_eq!(keys(&few), vec![8]);
         assert!(few.remove(8));
+        // A query registered more than once before the list starts keeps its count.
+        let mut twice = Queries::new(1);
+        twice.add(1);
+        twice.add(2);
+        assert!(!twice.remove(1));
+        assert_eq!(keys(&twice), vec![1, 2]);
     }
 }

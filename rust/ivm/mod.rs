@@ -40,7 +40,9 @@
 //! use any index and skips its sorter). Literals are bound parameters, so queries of the same shape
 //! share prepared statements. Rows are read once; their client `put` op is written while reading
 //! (as bytes, checked to be UTF-8 once per row) and only the columns the engine needs (order,
-//! correlation) become values. A call's patch is either JSON (`add_query`, `advance`: the value
+//! correlation) become values. A row key the engine holds already (another group hydrated the
+//! row) is looked up while reading and shared, not copied; the row's op, key and version then
+//! move into the engine's records and the patch without further copies. A call's patch is either JSON (`add_query`, `advance`: the value
 //! copied out of each op) or, for the view syncer, a `RowChanges` (`add_query_changes`,
 //! `advance_changes`) that takes each op as it was written, with the engine's own table names,
 //! keys and versions, so nothing is encoded or parsed again between the engine and the poke.
@@ -120,9 +122,11 @@
 //! # Costs (bench/micro/test_ivm.py, reference data shape, instructions counted by callgrind)
 //!
 //! * Hydrating "files of 1,000 owners" (10k rows, 3.6 MB of patch) with an index on
-//!   `file.ownerId`: ~134 M instructions (was ~152 M before the row-reading and bookkeeping
-//!   changes of issue 4), of which SQLite's stepping is ~46 M and rusqlite's column reads ~26 M;
-//!   linear in the rows (see bench/README.md for the times).
+//!   `file.ownerId`: ~129 M instructions (was ~152 M before the row-reading and bookkeeping
+//!   changes of issue 4), of which SQLite's stepping is ~46 M and rusqlite's column reads ~25 M;
+//!   linear in the rows (see bench/README.md for the times). What is left of the engine's own
+//!   time is mostly memory latency: per row, the shared map of held rows (looked up while
+//!   reading and again when the query holds the row) and fresh memory for the group's records.
 //! * One single-row change advanced through 1,000 groups of one `file where ownerId = ?` query
 //!   each: ~2.8 M instructions (~2,700 per group: version bookkeeping, one row lookup shared by
 //!   all groups, a Rust evaluation of each query's condition, an empty patch); independent of

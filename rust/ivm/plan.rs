@@ -206,17 +206,18 @@ impl TableInfo {
 
     /// Reads a row selected with [`TableInfo::select_list`] (every column).
     pub fn read_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-        self.read_row_with(r, None, &mut ReadCache::default())
+        self.read_row_with(r, None, &mut ReadCache::default(), None)
     }
 
     /// Reads a row; with `needed`, only those columns become values (the others stay NULL and
     /// go straight into the row's client JSON), which saves most of the allocations of rows
-    /// read in bulk (hydration).
+    /// read in bulk (hydration). `known` gives the engine's copy of a key it holds already.
     pub fn read_row_with(
         &self,
         r: &rusqlite::Row<'_>,
         needed: Option<&[bool]>,
         cache: &mut ReadCache,
+        known: Option<&dyn Fn(&str) -> Option<Arc<str>>>,
     ) -> rusqlite::Result<Row> {
         let n = self.cols.len();
         // Values stop after the last column needed (none at all, often).
@@ -229,11 +230,20 @@ impl TableInfo {
             out.extend_from_slice(self.put_prefix.as_bytes());
             out.push(b'{');
         }
+        // The key from the stored values (key columns need not be among the `needed` ones); a
+        // one-column key as its column is read.
+        cache.key.clear();
+        cache.key.push('{');
+        let single_key = (self.pk.len() == 1).then(|| self.pk[0]);
         for i in 0..n {
             let value = r.get_ref(i)?;
             if let Some(out) = json.as_mut() {
                 out.extend_from_slice(self.json_names[i].as_bytes());
                 write_value_json_bytes(out, self.cols[i].ty, value);
+            }
+            if single_key == Some(i) {
+                cache.key.push_str(&self.key_names[0]);
+                write_key_json(&mut cache.key, value);
             }
             if i < width {
                 let wanted = needed.map_or(true, |mask| mask[i]);
@@ -271,15 +281,16 @@ impl TableInfo {
             Some(min) if **min > *version => min.clone(),
             _ => version,
         };
-        // The key from the stored values: key columns need not be among the `needed` ones.
-        cache.key.clear();
-        cache.key.push('{');
-        for (n, &c) in self.pk.iter().enumerate() {
-            cache.key.push_str(&self.key_names[n]);
-            write_key_json(&mut cache.key, r.get_ref(c)?);
+        if single_key.is_none() {
+            for (n, &c) in self.pk.iter().enumerate() {
+                cache.key.push_str(&self.key_names[n]);
+                write_key_json(&mut cache.key, r.get_ref(c)?);
+            }
         }
         cache.key.push('}');
-        let key = Arc::from(cache.key.as_str());
+        let key = known
+            .and_then(|known| known(&cache.key))
+            .unwrap_or_else(|| Arc::from(cache.key.as_str()));
         Ok(Row {
             key,
             vals: vals.into_boxed_slice(),
@@ -298,6 +309,12 @@ impl TableInfo {
         }
         out.push_str("}}");
         Ok(out)
+    }
+
+    /// The value in a `put` op of this table's (see [`RowJson`]).
+    #[must_use]
+    pub fn op_value<'o>(&self, op: &'o str) -> &'o str {
+        &op[self.put_prefix.len()..op.len() - 1]
     }
 
     /// The row's client `put` op (see [`RowJson`]).

@@ -700,3 +700,9 @@ fn client_json_escapes_text_and_replaces_invalid_utf8() {
     assert_eq!(changes.rows.rows(), merged.rows());
     assert_eq!(changes.version, v["version"].as_str().unwrap());
 }
+
+#[test]
+fn partition_entries_stay_small() {
+    // One per row of every hydrated query: with its key, the largest map of the engine.
+    assert!(std::mem::size_of::<Entry>() <= 48);
+}
