@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from tests.view_syncer.harness import CLIENT_SCHEMA, FakeClient, files_of, files_with_owner, init_connection, running, user
+from tests.view_syncer.harness import CLIENT_SCHEMA, FakeClient, Query, files_of, files_with_owner, init_connection, running, user
 from zcache.server.protocol import InitConnection
 
 
@@ -158,6 +158,39 @@ async def test_connection_checks(pg_dsn: str, tmp_path: Path) -> None:
         # A client group is pinned to its first user.
         error = await refused(FakeClient("c3", "g1", user_id="someone-else"), init_connection(client_schema=None))
         assert error["kind"] == "Unauthorized"
+
+
+async def test_a_refused_query_does_not_lose_the_others_of_the_same_change(pg_dsn: str, tmp_path: Path) -> None:
+    async with running(pg_dsn, tmp_path) as h:
+        await h.start_service()
+        # The refused query sorts first, so the engine's other outcomes come after the refusal.
+        bad = Query("a-missing-table", {"table": "nope"}, ())
+        q = files_of("u1")
+        c = FakeClient("c1", "g1")
+        s = await h.connect(c, init_connection(active_clients=["c1"]))
+        await c.wait_for(lambda: c.pokes >= 1, "the first poke")
+        await s.change(bad.put(0), q.put(300_000))
+        await c.wait_for(lambda: bool(c.errors), "the refusal")
+        assert c.errors[0]["kind"] == "SchemaVersionNotSupported"
+        assert "nope" in c.errors[0]["message"]
+        # The good query was recorded and poked before the refusal went out.
+        assert c.view.got == {q.hash}
+        assert c.view.rows == h.expected([q])
+        assert not c.broken
+
+        # The client drops the refused query and reconnects: the CVR knew the good one, so the
+        # diff since its cookie is just the desire's del, and its rows stay as they were.
+        h.upstream.execute("UPDATE file SET name = 'alpha-v3' WHERE id = 'f1'")
+        await h.synced()
+        again = FakeClient("c1", "g1", base_cookie=c.view.cookie, view=c.view)
+        s2 = await h.connect(again, init_connection(bad.delete(), client_schema=None, active_clients=["c1"]))
+        await h.synced()
+        await again.wait_for(lambda: again.view.desired == {"c1": {q.hash}}, "the catch-up")
+        assert not again.errors
+        assert again.view.got == {q.hash}
+        assert again.view.rows == h.expected([q])
+        assert not again.broken
+        await s2.close()
 
 
 async def test_lmids_mutation_results_and_several_clients(pg_dsn: str, tmp_path: Path) -> None:
