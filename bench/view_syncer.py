@@ -1,6 +1,6 @@
 """Sync-server benchmarks: hydration, commit → client, many clients, fan-out, memory.
 
-    .venv/bin/python bench/view_syncer.py [--users 10000] [--clients 1000] [--fanout 500] [--json out.json]
+    .venv/bin/python bench/view_syncer.py [--users 10000] [--clients 1000] [--fanout 500] [--unloading 20] [--json out.json]
 
 A throwaway PostgreSQL cluster (system binaries, fsync ON, as in the reference figures) gets the
 tldraw schema and the reference data set (`zcache.demo_data`: 10k users, 100k files, 200k file
@@ -14,7 +14,8 @@ Baselines measured in the same run:
   query engine's `add_query_changes` alone (what the view syncer calls) on the same replica.
   The 10-row query is timed twice: in `initConnection` (connect → got), and as the real Zero
   client asks for it, in a `changeDesiredQueries` once connected (that message → got);
-* commit → client: commit → the replica's watermark (replication alone);
+* commit → client: commit → the replica's watermark (replication alone); and the same while
+  twenty 10k-row groups their clients just left are unloaded (commit → client alone, above);
 * many clients, fan-out: zero-cache's figures from reference-figures.md (not measurable here).
 
 Each figure is printed with its ratio to zero-cache's. See bench/README.md.
@@ -231,39 +232,73 @@ async def hydration(run: Run, users: int, samples: int) -> dict[str, Any]:
     return out
 
 
-async def commit_to_client(run: Run, updates: int) -> dict[str, Any]:
-    client = BenchClient("cc", "gcc", "qcc")
-    await run.connect(client, files_of(user_id(3)))
+async def one_commit(run: Run, client: BenchClient, file_id: str, name: str) -> tuple[float, float | None]:
+    """Commits one single-row UPDATE of a row `client` watches; returns commit → the client's
+    `pokeEnd` and commit → the replica's watermark (None if the poke came first)."""
+    poked = client.poked
+    # In a thread: a blocking commit would stall the loop that delivers the poke.
+    lsn, committed = await trio.to_thread.run_sync(run.update, name, file_id)
+    replicated: float | None = None
+
+    async def replica_reached() -> None:
+        nonlocal replicated
+        seen = run.replicator.versions.version
+        while run.replicator.statistics().watermark_lsn < lsn:
+            seen = await run.replicator.versions.wait_newer_than(seen)
+        replicated = time.perf_counter()
+
+    # Woken by the version notifier and the poke, never by polling: a task spinning on
+    # the loop would hold the GIL against the engine's and the CVR store's threads (each
+    # of their returns then waits up to the 5 ms switch interval) and inflate the figure.
+    with trio.fail_after(10):
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(replica_reached)
+            await poked.wait()
+            watchers.cancel_scope.cancel()
+    return client.pokes[-1] - committed, None if replicated is None else replicated - committed
+
+
+async def watching_client(run: Run, name: str, owner: str) -> tuple[BenchClient, str]:
+    """A hydrated client of `owner`'s files, and one of those files."""
+    client = BenchClient(name, f"g{name}", f"q{name}")
+    await run.connect(client, files_of(owner))
     with trio.fail_after(60):
         await client.got.wait()
-    file_id = run.upstream.execute('SELECT id FROM file WHERE "ownerId" = %s LIMIT 1', [user_id(3)]).fetchone()[0]  # type: ignore[index]
+    file_id = run.upstream.execute('SELECT id FROM file WHERE "ownerId" = %s LIMIT 1', [owner]).fetchone()[0]  # type: ignore[index]
+    return client, file_id
+
+
+async def commit_to_client(run: Run, updates: int) -> dict[str, Any]:
+    client, file_id = await watching_client(run, "cc", user_id(3))
     to_client, to_replica = [], []
     for i in range(updates):
-        poked = client.poked
-        # In a thread: a blocking commit would stall the loop that delivers the poke.
-        lsn, committed = await trio.to_thread.run_sync(run.update, f"bench {i}", file_id)
-        replicated: float | None = None
-
-        async def replica_reached(lsn: int = lsn) -> None:
-            nonlocal replicated
-            seen = run.replicator.versions.version
-            while run.replicator.statistics().watermark_lsn < lsn:
-                seen = await run.replicator.versions.wait_newer_than(seen)
-            replicated = time.perf_counter()
-
-        # Woken by the version notifier and the poke, never by polling: a task spinning on
-        # the loop would hold the GIL against the engine's and the CVR store's threads (each
-        # of their returns then waits up to the 5 ms switch interval) and inflate the figure.
-        with trio.fail_after(10):
-            async with trio.open_nursery() as watchers:
-                watchers.start_soon(replica_reached)
-                await poked.wait()
-                watchers.cancel_scope.cancel()
-        to_client.append(client.pokes[-1] - committed)
+        latency, replicated = await one_commit(run, client, file_id, f"bench {i}")
+        to_client.append(latency)
         if replicated is not None:
-            to_replica.append(replicated - committed)
+            to_replica.append(replicated)
         await trio.sleep(0.02)
     return {"commit_to_client": to_client, "commit_to_replica": to_replica}
+
+
+async def commit_while_groups_unload(run: Run, users: int, big_groups: int, seconds: float) -> dict[str, Any]:
+    """commit → client while `big_groups` groups of 10k rows each, just left by their clients,
+    are unloaded (idle after the service's `idle_unload_s`) and their engine state released."""
+    client, file_id = await watching_client(run, "cu", user_id(5))
+    big = [BenchClient(f"u{i}", f"gu{i}", f"qu{i}") for i in range(big_groups)]
+    inboxes = []
+    for i, c in enumerate(big):
+        inboxes.append(await run.connect(c, files_of_many([user_id((i * 1000 + k) % users) for k in range(1000)])))
+        with trio.fail_after(60):
+            await c.got.wait()
+    for inbox in inboxes:
+        await inbox.aclose()
+    to_client = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        latency, _ = await one_commit(run, client, file_id, f"unload {len(to_client)}")
+        to_client.append(latency)
+        await trio.sleep(0.02)
+    return {"commit_while_unloading": to_client, "unloading_groups": big_groups, "groups_left": len(run.service.groups)}
 
 
 async def many_clients(run: Run, clients: list[BenchClient], users: int) -> dict[str, Any]:
@@ -329,6 +364,9 @@ async def main_async(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[
         say("commit → client")
         results.update(await commit_to_client(run, args.updates))
         await run.disconnect_all()
+        say(f"commit → client while {args.unloading} groups of 10k rows unload")
+        results.update(await commit_while_groups_unload(run, args.users, args.unloading, args.unloading_s))
+        await run.disconnect_all()
         await trio.sleep(3)
         say(f"{args.clients} clients at once")
         clients = [BenchClient(f"m{i}", f"gm{i}", f"qm{i}") for i in range(args.clients)]
@@ -362,6 +400,9 @@ def report(r: dict[str, Any]) -> None:
          f"Postgres {ms(p(r['postgres_10k'], .5))}, engine {ms(p(r['engine_10k'], .5))}", f"{p(r['hydrate_10k'], .5) / REFERENCE['hydrate_10k']:.2f}"),
         ("commit → client (p50 / p99)", f"{ms(p(r['commit_to_client'], .5))} / {ms(p(r['commit_to_client'], .99))}",
          f"commit → replica {ms(p(r['commit_to_replica'], .5))}" if r["commit_to_replica"] else "-", f"{p(r['commit_to_client'], .5) / REFERENCE['commit_p50']:.2f}"),
+        (f"commit → client while {r['unloading_groups']} 10k-row groups unload (p50 / p99 / max)",
+         f"{ms(p(r['commit_while_unloading'], .5))} / {ms(p(r['commit_while_unloading'], .99))} / {ms(max(r['commit_while_unloading']))}",
+         f"the commit → client row above; {r['groups_left']} groups still loaded at the end", f"{p(r['commit_while_unloading'], .5) / REFERENCE['commit_p50']:.2f}"),
         (f"{r['clients']} clients hydrated", f"{r['all_hydrated_s']:.2f} s, {r['mb_per_group']:.2f} MB/group", "zero-cache 500: 35.1 s, 17.5 MB/group", "-"),
         (f"fan-out to {r['fanout_clients']}", f"{r['fanout_s'] * 1000:.0f} ms", "zero-cache 500: 8.1 s", f"{r['fanout_s'] / REFERENCE['fanout_500']:.3f}"),
         ("memory after all left", f"{r['rss_after_leave_mb']:.0f} MB RSS, {r['groups_after_leave']} groups", f"before clients {r['rss_before_mb']:.0f} MB, with them {r['rss_after_mb']:.0f} MB", "-"),
@@ -377,6 +418,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--unloading", type=int, default=20, help="10k-row groups left idle during the second commit → client phase")
+    parser.add_argument("--unloading-s", type=float, default=6.0, help="length of that phase")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--fanout", type=int, default=500)
     parser.add_argument("--json", type=Path)
