@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from zcache.cvr import (
     CatchupRow,
     CVRFlush,
+    CVRRowsBehind,
+    CVRSnapshot,
     CVRStore,
     CVRStoreUnavailable,
     CVRVersion,
@@ -286,3 +288,74 @@ async def test_unreachable_database(pg_cluster) -> None:  # type: ignore[no-unty
         await s.ensure_schema()
     with pytest.raises(CVRStoreUnavailable):
         await s.load("g", granted_at_ms=now_ms())
+
+
+def rows_of(n: int, version: str, start: int = 0) -> _native.RowChanges:
+    return _native.RowChanges.of_records([("file", key(id=f"f{i}"), version) for i in range(start, start + n)])
+
+
+async def test_large_row_records_are_written_by_the_row_writer_in_version_order(pg_dsn: str, pg_conn: psycopg.Connection) -> None:
+    s = store(pg_dsn)
+    s.defer_rows_above = 2
+    await s.ensure_schema()
+    v1, v2, v3 = CVRVersion("00", 1), CVRVersion("527vbqo"), CVRVersion("527vbqo", 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.write_deferred_rows)
+        await trio.testing.wait_all_tasks_blocked()
+        first = CVRFlush(instance("g1", v1), expected_version=None, rows=rows_of(5, "4abc"), rows_new=True)
+        assert await s.flush([first]) == set()
+        # A small change after a deferred one is deferred too, so the two are written in order.
+        second = CVRFlush(
+            instance("g1", v2),
+            expected_version=v1,
+            rows=_native.RowChanges.of_records([("file", key(id="f0"), None), ("file", key(id="f1"), "5aaa")]),
+        )
+        assert await s.flush([second]) == set()
+        assert s.deferred_flushes == 2
+        # Reading the rows waits for the writer.
+        assert await s.row_versions("g1") == {("file", key(id=f"f{i}")): ("5aaa" if i == 1 else "4abc") for i in range(1, 5)}
+        assert pg_conn.execute('SELECT "version" FROM "zero_0/cvr"."rowsVersion" WHERE "clientGroupID" = %s', ["g1"]).fetchone() == (v2.cookie,)
+        # Once written, a small change goes with its flush again.
+        third = CVRFlush(instance("g1", v3), expected_version=v2, rows=rows_of(1, "6aaa", start=7))
+        assert await s.flush([third]) == set()
+        assert s.deferred_flushes == 2
+        assert pg_conn.execute('SELECT "version" FROM "zero_0/cvr"."rowsVersion" WHERE "clientGroupID" = %s', ["g1"]).fetchone() == (v3.cookie,)
+        assert [r.row_key for r in await s.catchup_rows("g1", v2)] == [key(id="f7")]
+        nursery.cancel_scope.cancel()
+    s.close()
+
+
+async def test_a_group_is_taken_over_only_once_its_row_records_are_written(pg_dsn: str) -> None:
+    a, b = store(pg_dsn, "task-a"), store(pg_dsn, "task-b")
+    a.defer_rows_above = 0
+    await a.ensure_schema()
+    v1, v2 = CVRVersion("00", 1), CVRVersion("527vbqo")
+    assert await a.flush([CVRFlush(instance("g", v1, granted_at_ms=now_ms()), expected_version=None)]) == set()
+    # The writer is taken as running but its task does not run yet: the records wait.
+    a._writer_running = True
+    assert await a.flush([CVRFlush(instance("g", v2), expected_version=v1, rows=rows_of(3, "4abc"), rows_new=True)]) == set()
+    assert a.deferred_flushes == 1
+    await trio.sleep(0.01)
+    b.rows_behind_attempts = 2
+    with pytest.raises(CVRRowsBehind, match=r"waiting for CVR@527vbqo to catch up from 00:01"):
+        await b.load("g", granted_at_ms=now_ms())
+    # Not taken meanwhile: the owner's next flush is still accepted, and deferred after the first.
+    v3 = CVRVersion("527vbqo", 1)
+    assert await a.flush([CVRFlush(instance("g", v3), expected_version=v2, rows=rows_of(1, "5aaa", start=3))]) == set()
+
+    b.rows_behind_attempts = 40
+    loaded: list[CVRSnapshot] = []
+
+    async def load() -> None:
+        loaded.append(await b.load("g", granted_at_ms=now_ms()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(load)
+        await trio.sleep(0.3)
+        assert not loaded  # looking again until the rows are complete
+        await a._write_next()
+    assert loaded[0].instance is not None and loaded[0].instance.owner == "task-b"
+    assert loaded[0].rows_version == v3.cookie
+    assert await b.row_versions("g") == {("file", key(id=f"f{i}")): ("5aaa" if i == 3 else "4abc") for i in range(4)}
+    a.close()
+    b.close()

@@ -13,11 +13,12 @@ from zcache.cvr.model import (
     QueryRecord,
 )
 from zcache.cvr.schema import CVRSchemaError, cvr_schema
-from zcache.cvr.store import CVRStore, CVRStoreUnavailable
+from zcache.cvr.store import CVRRowsBehind, CVRStore, CVRStoreUnavailable
 
 __all__ = [
     "NEW_GROUP_STATE",
     "CVRFlush",
+    "CVRRowsBehind",
     "CVRSchemaError",
     "CVRSnapshot",
     "CVRStore",

@@ -98,6 +98,14 @@ class CVRSnapshot:
     clients: set[str] = field(default_factory=set)
     queries: dict[str, QueryRecord] = field(default_factory=dict)
     desires: dict[tuple[str, str], DesireRecord] = field(default_factory=dict)
+    # The version up to which the group's row records are complete (``rowsVersion``).
+    rows_version: str | None = None
+
+    @property
+    def rows_behind(self) -> bool:
+        """The row records lag the instance: deferred records not written (yet, or ever)."""
+        inst = self.instance
+        return inst is not None and not inst.deleted and self.rows_version is not None and self.rows_version != inst.version.cookie
 
 
 @dataclass

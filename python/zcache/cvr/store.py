@@ -17,6 +17,20 @@ counts them per client group, so a live row holds ``{"group": 1}``. ``NULL`` mar
 as in zero-cache. Rows are stored with ``schema`` ``''`` and ``table`` the replica's table name
 (``file``, ``zero_0.clients``), as zero-cache names them.
 
+Row records written after the poke: a flush with more than ``defer_rows_above`` row records
+(100, as zero-cache's) writes its instance, clients, queries and desires at once, and leaves
+its rows to the row writer (`write_deferred_rows`, a task of the view syncer), so a client does
+not wait for the ~100 ms Postgres takes to record a 10k-row hydration. Until a group's deferred
+records are written, its later flushes defer theirs too (they are written in version order),
+and reading its rows (`row_versions`, `catchup_rows`) waits for them. ``rowsVersion`` holds the
+instance version up to which the row records are complete: the writer sets it with the rows it
+writes (in one transaction), a flush that writes its rows sets it with them. A load takes a
+group (ownership) only when its rows are complete; otherwise it looks again for a few seconds
+(another process's writer finishing), then refuses the group, as zero-cache does
+(:class:`CVRRowsBehind`, ``ClientNotFound`` for the client): records lost to a crash or a failed
+write leave no way to tell its clients what they must delete. Since a group is taken only with
+its rows complete, the previous owner has nothing left to write for it.
+
 Loads, and flushes of one group (`flush_one`), asked for while others run go out together
 (`Coalescer`, a few batches at once): 1,000 groups connecting at once cost a few statements.
 If such a shared statement fails on one group's data, each of its groups is retried alone, so
@@ -33,6 +47,7 @@ import logging
 import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
@@ -65,10 +80,25 @@ LIVE_REF_COUNTS = Jsonb({"group": 1})
 # Loads and single-group flushes: batches running at once, and groups per batch.
 COALESCED_CALLS = 2
 COALESCED_MAX = 256
+# Row records of a flush with more rows than this are written by the row writer, after the poke.
+DEFER_ROWS_ABOVE = 100
+# Deferred row records held at most: past this a group's flush waits for its earlier ones to be
+# written, then writes its own at once.
+MAX_DEFERRED_ROWS = 250_000
+DEFERRED_RETRY_MAX_S = 5.0
+# On shutdown the writer keeps writing what is deferred for at most this long.
+DEFERRED_DRAIN_S = 5.0
+# A load finding another process's row records behind looks again this often, this many times.
+ROWS_BEHIND_RETRY_S = 0.25
+ROWS_BEHIND_ATTEMPTS = 20
 
 
 class CVRStoreUnavailable(Exception):
     """The CVR database could not be reached or failed during a call."""
+
+
+class CVRRowsBehind(Exception):
+    """A group's row records never caught up with its instance: its clients must start over."""
 
 
 def _ms(value: Any) -> float | None:
@@ -77,6 +107,16 @@ def _ms(value: Any) -> float | None:
 
 def _version(text: str | None) -> CVRVersion | None:
     return None if text is None else CVRVersion.parse(text)
+
+
+@dataclass
+class _DeferredRows:
+    """One group's row records waiting for the row writer, in version order."""
+
+    entries: list[tuple[str, _native.RowChanges, bool]] = field(default_factory=list)  # (version, rows, rows_new)
+    rows: int = 0
+    through: str = ""  # the group's latest version flushed meanwhile: its rowsVersion once written
+    written: trio.Event = field(default_factory=trio.Event)
 
 
 class CVRStore:
@@ -98,6 +138,18 @@ class CVRStore:
         self._flushes: Coalescer[CVRFlush, bool] = Coalescer(
             self._flush_batch, concurrency=COALESCED_CALLS, max_batch=COALESCED_MAX, key=lambda f: f.instance.group_id
         )
+        self.defer_rows_above = DEFER_ROWS_ABOVE
+        # Deferred row records by group, in the order the writer takes them.
+        self._deferred: dict[str, _DeferredRows] = {}
+        self._deferred_rows = 0
+        self._rows_deferred = trio.Event()
+        self._writer_running = False
+        self.deferred_flushes = 0  # flushes whose row records were deferred (statistics)
+        self.rows_behind_attempts = ROWS_BEHIND_ATTEMPTS
+        self._lost: set[str] = set()  # groups whose deferred records could not be written
+        # Told when a group's deferred row records could not be written: its clients must sync
+        # again (the group's next load records what the store lacks).
+        self.on_rows_lost: Callable[[str, Exception], None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -167,8 +219,21 @@ class CVRStore:
 
     async def load(self, group_id: str, *, granted_at_ms: float) -> CVRSnapshot:
         """The group's CVR (without rows), taking ownership of it for this process. Loads asked
-        for while others run go out together (one round trip for all of them)."""
-        return await self._loads((group_id, granted_at_ms))
+        for while others run go out together (one round trip for all of them). Raises
+        :class:`CVRRowsBehind` when its row records do not catch up with it."""
+        for attempt in range(self.rows_behind_attempts):
+            await self.rows_written(group_id)
+            snapshot = await self._loads((group_id, granted_at_ms))
+            if not snapshot.rows_behind:
+                return snapshot
+            if group_id in self._lost:
+                break
+            if attempt + 1 < self.rows_behind_attempts:
+                await trio.sleep(ROWS_BEHIND_RETRY_S)
+        assert snapshot.instance is not None
+        raise CVRRowsBehind(
+            f"max attempts exceeded waiting for CVR@{snapshot.instance.version.cookie} to catch up from {snapshot.rows_version}"
+        )
 
     async def _load_batch(self, requests: list[tuple[str, float]]) -> list[CVRSnapshot | BaseException]:
         try:
@@ -194,17 +259,20 @@ class CVRStore:
                 self._q(
                     """UPDATE {s}.instances AS i SET "owner" = %s, "grantedAt" = to_timestamp(r.t / 1000.0)
                        FROM unnest(%s::text[], %s::float8[]) AS r(g, t)
-                       WHERE i."clientGroupID" = r.g AND (i."grantedAt" IS NULL OR i."grantedAt" <= to_timestamp(r.t / 1000.0))"""
+                       WHERE i."clientGroupID" = r.g AND (i."grantedAt" IS NULL OR i."grantedAt" <= to_timestamp(r.t / 1000.0))
+                         AND coalesce((SELECT v."version" FROM {s}."rowsVersion" v WHERE v."clientGroupID" = r.g), i."version")
+                             = i."version" """
                 ),
                 [self.owner, _array_literal(ids), _array_literal(granted)],
             )
             group_ids = _array_literal(ids)
             instance_cur = conn.cursor().execute(
                 self._q(
-                    """SELECT "clientGroupID", "version", extract(epoch FROM "lastActive") * 1000, "ttlClock",
-                              "replicaVersion", "owner", extract(epoch FROM "grantedAt") * 1000, "clientSchema",
-                              "profileID", "deleted"
-                       FROM {s}.instances WHERE "clientGroupID" = ANY(%s::text[])"""
+                    """SELECT i."clientGroupID", i."version", extract(epoch FROM i."lastActive") * 1000, i."ttlClock",
+                              i."replicaVersion", i."owner", extract(epoch FROM i."grantedAt") * 1000, i."clientSchema",
+                              i."profileID", i."deleted", r."version"
+                       FROM {s}.instances i LEFT JOIN {s}."rowsVersion" r USING ("clientGroupID")
+                       WHERE i."clientGroupID" = ANY(%s::text[])"""
                 ),
                 [group_ids],
             )
@@ -246,7 +314,8 @@ class CVRStore:
                     client_schema=row[7],
                     profile_id=row[8],
                     deleted=bool(row[9]),
-                )
+                ),
+                rows_version=row[10],
             )
         for r in clients_rows:
             s = snapshots[r[0]]
@@ -281,6 +350,7 @@ class CVRStore:
 
     async def row_versions(self, group_id: str) -> dict[tuple[str, str], str]:
         """Every row the group's clients have: (table, row key text) → row version."""
+        await self.rows_written(group_id)
 
         def read(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
             rows = conn.execute(
@@ -297,6 +367,7 @@ class CVRStore:
 
     async def catchup_rows(self, group_id: str, since: CVRVersion | None) -> list[CatchupRow]:
         """Rows recorded after `since` (every live row when None), tombstones included."""
+        await self.rows_written(group_id)
 
         def read(conn: psycopg.Connection) -> list[CatchupRow]:
             if since is None:
@@ -327,7 +398,128 @@ class CVRStore:
         because another process owns or changed them."""
         if not flushes:
             return set()
-        return await self._run(lambda conn: self._flush(conn, flushes))
+        deferred = await self._deferrals(flushes)
+        rejected = await self._run(lambda conn: self._flush(conn, flushes, deferred))
+        for f in flushes:
+            gid = f.instance.group_id
+            if gid in deferred and gid not in rejected:
+                self._defer(gid, f)
+        return rejected
+
+    async def _deferrals(self, flushes: Sequence[CVRFlush]) -> set[str]:
+        """The groups of `flushes` whose row records the row writer is to write: those with
+        records deferred already (versions stay in order), and large ones while there is room."""
+        if not self._writer_running:
+            return set()
+        deferred = set()
+        for f in flushes:
+            gid = f.instance.group_id
+            waiting = self._deferred.get(gid)
+            if waiting is not None and self._deferred_rows + len(f.rows) > MAX_DEFERRED_ROWS:
+                await waiting.written.wait()
+                waiting = self._deferred.get(gid)
+            if waiting is not None:
+                deferred.add(gid)
+            elif len(f.rows) > self.defer_rows_above and self._deferred_rows + len(f.rows) <= MAX_DEFERRED_ROWS:
+                deferred.add(gid)
+        return deferred
+
+    def _defer(self, group_id: str, flush: CVRFlush) -> None:
+        waiting = self._deferred.setdefault(group_id, _DeferredRows())
+        version = flush.instance.version.cookie
+        if flush.rows:
+            waiting.entries.append((version, flush.rows, flush.rows_new))
+            waiting.rows += len(flush.rows)
+            self._deferred_rows += len(flush.rows)
+            self.deferred_flushes += 1
+        waiting.through = version
+        self._rows_deferred.set()
+
+    async def rows_written(self, group_id: str) -> None:
+        """Returns once the group's deferred row records (if any) are written or given up."""
+        waiting = self._deferred.get(group_id)
+        if waiting is not None:
+            await waiting.written.wait()
+
+    async def write_deferred_rows(self) -> None:
+        """The row writer: writes deferred row records, a group's in one transaction, groups in
+        the order they were deferred. Runs until cancelled, then goes on with what is left for
+        a few seconds (what a crash loses instead, the groups' next loads mend)."""
+        self._writer_running = True
+        try:
+            while True:
+                while not self._deferred:
+                    await self._rows_deferred.wait()
+                    self._rows_deferred = trio.Event()
+                await self._write_next()
+        finally:
+            self._writer_running = False
+            with trio.move_on_after(DEFERRED_DRAIN_S) as drain:
+                drain.shield = True
+                while self._deferred:
+                    await self._write_next()
+            for group_id in list(self._deferred):
+                self._drop_deferred(group_id)
+
+    async def _write_next(self) -> None:
+        group_id, waiting = next(iter(self._deferred.items()))
+        entries, through = list(waiting.entries), waiting.through
+        try:
+            await self._run(lambda conn: self._write_rows(conn, group_id, entries, through), retry_stale=True)
+        except CVRStoreUnavailable as e:
+            # Kept: the group's flushes fail too meanwhile, and reading its rows waits.
+            log.warning("client group %s: deferred row records not written yet (%s); retrying", group_id, e)
+            await trio.sleep(min(DEFERRED_RETRY_MAX_S, 0.25 * 2 ** min(len(entries), 4)))
+            return
+        except Exception as e:
+            log.error("client group %s: deferred row records could not be written: %s", group_id, e)
+            self._lost.add(group_id)
+            self._drop_deferred(group_id)
+            if self.on_rows_lost is not None:
+                self.on_rows_lost(group_id, e)
+            return
+        n = sum(len(rows) for _, rows, _ in entries)
+        del waiting.entries[: len(entries)]
+        waiting.rows -= n
+        self._deferred_rows -= n
+        if waiting.entries or waiting.through != through:
+            self._deferred[group_id] = self._deferred.pop(group_id)  # to the back: others' turn
+        else:
+            del self._deferred[group_id]
+            waiting.written.set()
+
+    def _drop_deferred(self, group_id: str) -> None:
+        waiting = self._deferred.pop(group_id, None)
+        if waiting is not None:
+            self._deferred_rows -= waiting.rows
+            waiting.written.set()
+
+    def _write_rows(
+        self, conn: psycopg.Connection, group_id: str, entries: list[tuple[str, _native.RowChanges, bool]], through: str
+    ) -> None:
+        # Not conditioned on ownership: the instance flushes of these versions were accepted, so
+        # this process owes their rows, and no other takes the group before they are written.
+        with conn.transaction():
+            live = conn.execute(
+                self._q('SELECT 1 FROM {s}.instances WHERE "clientGroupID" = %s AND NOT coalesce("deleted", false)'),
+                [group_id],
+            ).fetchone()
+            if live is None:
+                log.info("client group %s: purged; its deferred row records are not written", group_id)
+                return
+            for version, rows, rows_new in entries:
+                entry = [(group_id, version, rows)]
+                params = _row_params(entry if rows_new else [], [] if rows_new else entry)
+                params["live"] = LIVE_REF_COUNTS
+                params["g"] = _array_literal([group_id])
+                text = _rows_text(params)
+                statement = self._flush_sql.get(text)
+                if statement is None:
+                    statement = self._flush_sql[text] = self._q(text)
+                conn.execute(statement, params)
+            conn.execute(
+                self._q('UPDATE {s}."rowsVersion" SET "version" = %s WHERE "clientGroupID" = %s'), [through, group_id]
+            )
 
     async def flush_one(self, flush: CVRFlush) -> bool:
         """Writes one group's flush; True if it was rejected (see `flush`). Flushes asked for
@@ -344,10 +536,13 @@ class CVRStore:
                 raise
             # A statement failed on something in one group's flush (the transaction wrote
             # nothing): each alone, so that only that group's caller gets the error.
-            return [await _outcome(self._run(lambda conn, f=f: bool(self._flush(conn, [f])))) for f in flushes]
+            return [await _outcome(self._flush_alone(f)) for f in flushes]
         return [f.instance.group_id in rejected for f in flushes]
 
-    def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush]) -> set[str]:
+    async def _flush_alone(self, flush: CVRFlush) -> bool:
+        return bool(await self.flush([flush]))
+
+    def _flush(self, conn: psycopg.Connection, flushes: Sequence[CVRFlush], deferred: set[str]) -> set[str]:
         # One statement, one round trip, its own (implicit) transaction: the instance rows are
         # locked (one lock order for every process) and checked, and every write is filtered
         # on the groups that passed (data-modifying CTEs all run, on one snapshot; the lock
@@ -355,7 +550,7 @@ class CVRStore:
         # synchronous_commit off (see `_connect`).
         ids = [f.instance.group_id for f in flushes]
         assert len(set(ids)) == len(ids), "one flush per client group"
-        params = _flush_params(self.owner, flushes)
+        params = _flush_params(self.owner, flushes, deferred)
         text = _flush_text(params)
         statement = self._flush_sql.get(text)
         if statement is None:
@@ -447,8 +642,8 @@ _FLUSH_HEAD = """
 WITH f AS (
   SELECT * FROM unnest(%(g)s::text[], %(expected)s::text[], %(version)s::text[], %(last_active)s::float8[],
                        %(ttl_clock)s::float8[], %(replica_version)s::text[], %(granted_at)s::float8[],
-                       %(client_schema)s::text[], %(profile_id)s::text[], %(deleted)s::bool[])
-    AS f(g, expected, version, last_active, ttl_clock, replica_version, granted_at, client_schema, profile_id, deleted)
+                       %(client_schema)s::text[], %(profile_id)s::text[], %(deleted)s::bool[], %(rows_now)s::bool[])
+    AS f(g, expected, version, last_active, ttl_clock, replica_version, granted_at, client_schema, profile_id, deleted, rows_now)
 ),
 stored AS (
   SELECT "clientGroupID" AS g, "version", "owner" FROM {s}.instances
@@ -474,7 +669,8 @@ w_instances AS (
     "deleted" = excluded."deleted"
 ),
 w_rows_version AS (
-  INSERT INTO {s}."rowsVersion" ("clientGroupID", "version") SELECT g, version FROM accepted
+  INSERT INTO {s}."rowsVersion" ("clientGroupID", "version")
+  SELECT g, CASE WHEN rows_now THEN version ELSE '' END FROM accepted WHERE rows_now OR expected IS NULL
   ON CONFLICT ("clientGroupID") DO UPDATE SET "version" = excluded."version"
 )
 """
@@ -561,18 +757,29 @@ SELECT g, stored_version, stored_owner, expected FROM checked WHERE NOT ok
 """
 
 
+_ROW_WRITES = ("new_g", "put_g", "del_g")
+
+
 def _flush_text(params: dict[str, Any]) -> str:
     """The flush statement for these parameters: the head, the writes that have rows, the tail."""
     writes = [text.strip("\n") for key, text in _FLUSH_WRITES.items() if params[key] != "{}"]
     return ",\n".join([_FLUSH_HEAD.strip("\n"), *writes]) + "\n" + _FLUSH_TAIL.strip("\n")
 
 
+def _rows_text(params: dict[str, Any]) -> str:
+    """The row writer's statement for one group's deferred records at one version: the row
+    writes of the flush statement, for that group alone."""
+    writes = [_FLUSH_WRITES[key].strip("\n") for key in _ROW_WRITES if params[key] != "{}"]
+    return ",\n".join(["WITH accepted AS (SELECT unnest(%(g)s::text[]) AS g)", *writes]) + "\nSELECT 1"
+
+
 def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
-    """The flush statement's columns: one list per column, built in one pass."""
+def _flush_params(owner: str, flushes: Sequence[CVRFlush], deferred: set[str]) -> dict[str, Any]:
+    """The flush statement's columns: one list per column, built in one pass (the row records
+    of the `deferred` groups left out: the row writer writes them)."""
     instances = [f.instance for f in flushes]
     p: dict[str, Any] = {
         "owner": owner,
@@ -587,6 +794,7 @@ def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
         "client_schema": [_json_text(f.instance.client_schema) if f.write_client_schema else None for f in flushes],
         "profile_id": [i.profile_id for i in instances],
         "deleted": [i.deleted for i in instances],
+        "rows_now": [i.group_id not in deferred for i in instances],
     }
     for key in ("added_g", "added_c", "removed_g", "removed_c", "q_g", "q_hash", "q_ast", "q_name", "q_args",
                 "q_patch", "q_th", "q_tv", "q_internal", "q_deleted", "d_g", "d_client", "d_hash", "d_patch",
@@ -623,15 +831,24 @@ def _flush_params(owner: str, flushes: Sequence[CVRFlush]) -> dict[str, Any]:
     # object per row). Groups with no row record yet (`rows_new`) are inserted without conflict
     # handling, which costs Postgres about half of an upsert's work per row; they have nothing
     # to delete.
-    new = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in flushes if f.rows and f.rows_new]
-    old = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in flushes if f.rows and not f.rows_new]
+    now = [f for f in flushes if f.rows and f.instance.group_id not in deferred]
+    new = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in now if f.rows_new]
+    old = [(f.instance.group_id, f.instance.version.cookie, f.rows) for f in now if not f.rows_new]
+    p.update(_row_params(new, old))
+    for key, value in p.items():
+        if isinstance(value, list):
+            p[key] = _array_literal(value)
+    return p
+
+
+def _row_params(new: list[tuple[str, str, _native.RowChanges]], old: list[tuple[str, str, _native.RowChanges]]) -> dict[str, Any]:
+    """The row-record columns: inserts for groups with no record yet (`new`), upserts and
+    tombstones for the others (`old`), each entry (group, patch version, rows)."""
+    p: dict[str, Any] = {}
     (p["new_g"], p["new_t"], p["new_k"], p["new_v"], p["new_p"]), _, _, _ = _native.cvr_row_arrays(new)
     put, dels, _, _ = _native.cvr_row_arrays(old)
     p["put_g"], p["put_t"], p["put_k"], p["put_v"], p["put_p"] = put
     p["del_g"], p["del_t"], p["del_k"], p["del_p"] = dels
-    for key, value in p.items():
-        if isinstance(value, list):
-            p[key] = _array_literal(value)
     return p
 
 

@@ -49,6 +49,7 @@ from zcache.app_server.queries import (
 from zcache.cvr import (
     NEW_GROUP_STATE,
     CVRFlush,
+    CVRRowsBehind,
     CVRSnapshot,
     CVRStoreUnavailable,
     CVRVersion,
@@ -437,7 +438,10 @@ class ClientGroup:
         await self.validate(handle)
         async with self.locked():
             if not self.loaded:
-                snapshot = await self._svc.store.load(self.id, granted_at_ms=now_ms())
+                try:
+                    snapshot = await self._svc.store.load(self.id, granted_at_ms=now_ms())
+                except CVRRowsBehind as e:
+                    raise ConnectRefused("ClientNotFound", str(e)) from None
                 self._adopt(snapshot)
                 self.engine_generation = self._svc.engine_generation
                 try:

@@ -140,6 +140,7 @@ class ViewSyncerService:
             owner=config.task_id or f"zcache-{secrets.token_hex(6)}",
             max_conns=config.cvr.max_conns,
         )
+        self.store.on_rows_lost = self._rows_lost
         self._replicator = replicator
         self._replica_path = config.replica.file
         self._permissions = Permissions(None, None)
@@ -299,6 +300,7 @@ class ViewSyncerService:
                 nursery.start_soon(self._revalidate_loop)
                 nursery.start_soon(self._gc_loop)
                 nursery.start_soon(self._index_loop)
+                nursery.start_soon(self.store.write_deferred_rows)
                 self._ready.set()
                 task_status.started(self)
         finally:
@@ -316,6 +318,21 @@ class ViewSyncerService:
                 log.warning("CVR database not ready (%s); retrying in %.1fs", e, delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+    def _rows_lost(self, group_id: str, error: Exception) -> None:
+        """A group's deferred row records could not be written: what the store says its clients
+        have is behind, so they sync again through a fresh load (which records the difference)."""
+        group = self.groups.get(group_id)
+        if group is not None and self._nursery is not None:
+            self._nursery.start_soon(self._fail_group, group, error)
+
+    async def _fail_group(self, group: ClientGroup, error: Exception) -> None:
+        try:
+            async with group.locked():
+                if group.loaded:
+                    group.store_failed(error)
+        except GroupRetired:
+            pass
 
     async def _advance_loop(self) -> None:
         seen = self._replicator.versions.version
