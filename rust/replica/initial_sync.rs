@@ -49,6 +49,9 @@ const ROWS_PER_INSERT: usize = 64;
 const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
 const QUEUED_CALLS: usize = 4;
+/// Bytes of COPY output decoded into one queued batch by [`InitialSync::copy_tables`]'s readers:
+/// large enough to amortise the hand-over, small enough that the queued batches stay a few MiB.
+const BATCH_BYTES: usize = 1 << 20;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
 /// memory before it spills sorted runs to temporary files and merges them. Only while building:
@@ -88,6 +91,10 @@ struct DecodedRows {
 }
 
 impl DecodedRows {
+    fn with_capacity(text: usize, cells: usize) -> Self {
+        DecodedRows { cells: Vec::with_capacity(cells), text: Vec::with_capacity(text), rows: 0 }
+    }
+
     fn text(&mut self, bytes: &[u8]) -> Result<Cell> {
         let start = self.text.len();
         self.text.extend_from_slice(bytes);
@@ -107,6 +114,12 @@ struct TableDecoding {
 impl TableDecoding {
     fn decode(&mut self, chunk: &[u8]) -> Result<DecodedRows> {
         let mut out = DecodedRows { text: Vec::with_capacity(chunk.len()), ..DecodedRows::default() };
+        self.decode_into(chunk, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the complete rows of `chunk` (and of what earlier chunks left incomplete) to `out`.
+    fn decode_into(&mut self, chunk: &[u8], out: &mut DecodedRows) -> Result<()> {
         let kinds = &self.kinds;
         self.decoder.feed(chunk, |fields| {
             for (field, kind) in fields.iter().zip(kinds) {
@@ -124,8 +137,7 @@ impl TableDecoding {
             }
             out.rows += 1;
             Ok(())
-        })?;
-        Ok(out)
+        })
     }
 }
 
@@ -354,16 +366,42 @@ impl InitialSync {
                 Some(reader) => reader,
                 None => connection.insert(SnapshotReader::connect(params, snapshot)?),
             };
-            reader.copy(&self.copy_statements[&oid], |data| {
-                if abort.load(Ordering::SeqCst) {
-                    return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
-                }
-                self.copy_chunks(oid, &data)
-            })?;
+            self.copy_table(reader, oid, abort)?;
             self.finish_table(oid)?;
             self.tables_done.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Reads table `oid`'s COPY output, row by row as Postgres sends it, straight from the
+    /// reader's buffer into decoded batches of about `BATCH_BYTES` of COPY output, and queues them.
+    fn copy_table(&self, reader: &mut SnapshotReader, oid: u32, abort: &AtomicBool) -> Result<()> {
+        let decoding = self.decodings.get(&oid).ok_or_else(|| unknown_table(oid))?;
+        let mut batch = DecodedRows::with_capacity(BATCH_BYTES, 0);
+        let mut batch_bytes = 0;
+        self.decoding(decoding, |decoding| {
+            reader.copy(&self.copy_statements[&oid], |payload| {
+                decoding.decode_into(payload, &mut batch)?;
+                batch_bytes += payload.len();
+                if batch_bytes >= BATCH_BYTES {
+                    let cells = batch.cells.len();
+                    self.queue(oid, std::mem::replace(&mut batch, DecodedRows::with_capacity(BATCH_BYTES, cells)), abort)?;
+                    batch_bytes = 0;
+                }
+                Ok(())
+            })
+        })?;
+        self.queue(oid, batch, abort)
+    }
+
+    fn queue(&self, oid: u32, rows: DecodedRows, abort: &AtomicBool) -> Result<()> {
+        if abort.load(Ordering::SeqCst) {
+            return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
+        }
+        if self.failure.stopped.load(Ordering::SeqCst) {
+            return Err(self.failure.take());
+        }
+        self.jobs.send(Job::Rows { oid, rows }).map_err(|_| self.failure.take())
     }
 
     /// Tables completely copied by [`InitialSync::copy_tables`] so far.
