@@ -224,7 +224,6 @@ impl InitialSync {
         // No `PRAGMA threads` for the index sorter: on two cores it added ~40 MB of peak RSS and
         // no speed (bench/README.md, Replication).
         conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;")?;
-        conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch(METADATA_DDL)?;
         let version = lexi_version(config.consistent_point);
         let mut copies = HashMap::with_capacity(schema.tables.len());
@@ -476,77 +475,105 @@ fn unknown_table(oid: u32) -> Error {
     Error::Schema { detail: format!("no published table with oid {oid}") }
 }
 
+/// A table's two INSERT statements (`rows_per_insert` rows, one row), held by the writer for the
+/// whole copy: the statement cache would look each up by its (long) text and clear its bindings
+/// at every use.
+struct Inserts<'c> {
+    many: rusqlite::Statement<'c>,
+    one: rusqlite::Statement<'c>,
+}
+
 impl Staging {
     /// The writer thread: runs the queued jobs until every sender is gone, or until one fails
     /// (its error goes to `failure`, and the dropped queue makes every later call fail).
-    fn run(mut self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
-        for job in queue {
-            match job {
-                Job::Rows { oid, rows } => {
-                    if let Err(e) = self.insert(oid, &rows) {
-                        failure.record(Some(e));
-                        return Err(stopped());
-                    }
-                }
-                Job::FinishTable { oid, reply } => {
-                    let result = self.finish_table(oid);
-                    let failed = result.is_err();
-                    if failed {
-                        failure.record(None);
-                    }
-                    // A caller that stopped waiting learns of an error from its next call.
-                    let _ = reply.send(result);
-                    if failed {
-                        return Err(stopped());
-                    }
-                    // The table is complete: its index is built now, while the other tables'
-                    // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
-                    if let Err(e) = self.index_table(oid) {
-                        failure.record(Some(e));
-                        return Err(stopped());
-                    }
-                }
-            }
-        }
-        Ok(self)
-    }
-
-    /// Inserts `rows` of table `oid`: `rows_per_insert` at a time, the rest one by one.
-    fn insert(&mut self, oid: u32, rows: &DecodedRows) -> Result<()> {
-        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        let columns = copy.columns.max(1);
-        let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
-        for group in &mut groups {
-            insert_rows(&self.conn, &copy.insert_sql, group, &rows.text)?;
-        }
-        for row in groups.remainder().chunks_exact(columns) {
-            insert_rows(&self.conn, &copy.insert_one_sql, row, &rows.text)?;
-        }
-        copy.rows += rows.rows;
-        self.rows.fetch_add(rows.rows, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn index_table(&mut self, oid: u32) -> Result<()> {
-        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        if !copy.indexed {
-            self.conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
-            layout::create_primary_key(&self.conn, &copy.spec)?;
-            self.conn.execute_batch("PRAGMA cache_size = -2000;")?;
-            copy.indexed = true;
-        }
-        Ok(())
-    }
-
-    fn finish_table(&mut self, oid: u32) -> Result<u64> {
-        let copy = self.copies.get(&oid).ok_or_else(|| unknown_table(oid))?;
-        Ok(copy.rows)
+    fn run(self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
+        let Staging { conn, mut copies, rows } = self;
+        run_jobs(&conn, &mut copies, &rows, queue, failure)?;
+        Ok(Staging { conn, copies, rows })
     }
 }
 
-/// Binds `cells` (exactly the parameters of `sql`, a multi-row INSERT) and runs it.
-fn insert_rows(conn: &Connection, sql: &str, cells: &[Cell], text: &[u8]) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql)?;
+fn run_jobs(
+    conn: &Connection,
+    copies: &mut HashMap<u32, TableCopy>,
+    rows_inserted: &AtomicU64,
+    queue: &Receiver<Job>,
+    failure: &Failure,
+) -> Result<()> {
+    let mut inserts: HashMap<u32, Inserts<'_>> = HashMap::new();
+    for job in queue {
+        match job {
+            Job::Rows { oid, rows } => {
+                if let Err(e) = insert(conn, copies, &mut inserts, oid, &rows) {
+                    failure.record(Some(e));
+                    return Err(stopped());
+                }
+                rows_inserted.fetch_add(rows.rows, Ordering::Relaxed);
+            }
+            Job::FinishTable { oid, reply } => {
+                let result = copies.get(&oid).map(|c| c.rows).ok_or_else(|| unknown_table(oid));
+                let failed = result.is_err();
+                if failed {
+                    failure.record(None);
+                }
+                // A caller that stopped waiting learns of an error from its next call.
+                let _ = reply.send(result);
+                if failed {
+                    return Err(stopped());
+                }
+                inserts.remove(&oid);
+                // The table is complete: its index is built now, while the other tables'
+                // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
+                if let Err(e) = index_table(conn, copies, oid) {
+                    failure.record(Some(e));
+                    return Err(stopped());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `rows` of table `oid`: `rows_per_insert` at a time, the rest one by one.
+fn insert<'c>(
+    conn: &'c Connection,
+    copies: &mut HashMap<u32, TableCopy>,
+    inserts: &mut HashMap<u32, Inserts<'c>>,
+    oid: u32,
+    rows: &DecodedRows,
+) -> Result<()> {
+    let copy = copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+    let statements = match inserts.entry(oid) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(Inserts { many: conn.prepare(&copy.insert_sql)?, one: conn.prepare(&copy.insert_one_sql)? })
+        }
+    };
+    let columns = copy.columns.max(1);
+    let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
+    for group in &mut groups {
+        insert_rows(&mut statements.many, group, &rows.text)?;
+    }
+    for row in groups.remainder().chunks_exact(columns) {
+        insert_rows(&mut statements.one, row, &rows.text)?;
+    }
+    copy.rows += rows.rows;
+    Ok(())
+}
+
+fn index_table(conn: &Connection, copies: &mut HashMap<u32, TableCopy>, oid: u32) -> Result<()> {
+    let copy = copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+    if !copy.indexed {
+        conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
+        layout::create_primary_key(conn, &copy.spec)?;
+        conn.execute_batch("PRAGMA cache_size = -2000;")?;
+        copy.indexed = true;
+    }
+    Ok(())
+}
+
+/// Binds `cells` (exactly the parameters of `stmt`, a multi-row INSERT) and runs it.
+fn insert_rows(stmt: &mut rusqlite::Statement<'_>, cells: &[Cell], text: &[u8]) -> Result<()> {
     for (index, cell) in cells.iter().enumerate() {
         let value = match *cell {
             Cell::Null => ValueRef::Null,
