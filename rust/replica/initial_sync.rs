@@ -16,8 +16,8 @@
 //! makes them wait. Decoding in the callers leaves the writer, the one thread every row goes
 //! through, only binding and stepping (bench/README.md, Replication). The callers
 //! are normally [`InitialSync::copy_tables`]'s worker threads, which read the COPY output from
-//! Postgres themselves ([`crate::pg::upstream`]); Python feeds chunks only when that path cannot
-//! connect as psycopg does (TLS). Rows are
+//! Postgres themselves ([`crate::pg::upstream`]) and decode each row straight out of their read
+//! buffer; Python feeds chunks only when that path cannot connect as psycopg does (TLS). Rows are
 //! inserted `ROWS_PER_INSERT` at a time by one multi-row `INSERT`, which costs SQLite far less
 //! per row than a statement per row. Meanwhile a flusher thread has the kernel write the staging
 //! file out every `FLUSH_INTERVAL`, so the final fsync does not start writing the whole replica
