@@ -1043,6 +1043,11 @@ def build_table(r: dict[str, Any], scale: int) -> list[tuple[str, str, str, str,
                  "(interpreter, imports, upstream checks and shard setup)", "", ""))
     rows.append(("  rows/s (copy phase)", f"{n / copy_med:,.0f}", f"COPY ceiling {n / ceil_med:,.0f}",
                  f"{ceil_med / copy_med:.2f} of COPY", ""))
+    runs = sync["runs"]
+    rows.append(("  CPU seconds, launch → ready (user+sys)",
+                 fmt_range(summary([run["zcache_cpu_s"] for run in runs])) + " zcache",
+                 f"Postgres {fmt_range(summary([run['postgres_cpu_s'] for run in runs]))}; machine busy "
+                 f"{fmt_range(summary([run['machine_busy_cores'] for run in runs]), unit='cores')}", "", ""))
     peak = sync["peak_rss_mb"]["median"]
     rows.append(("  peak RSS at ready", f"{peak:.0f} MB", f"zero-cache ~{ref['rss_mb']} MB (6 processes)",
                  f"{peak / ref['rss_mb']:.2f}×", f"< {TARGET_RSS_MB} MB: {verdict(peak < TARGET_RSS_MB)}"))

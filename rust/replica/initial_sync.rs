@@ -16,8 +16,8 @@
 //! makes them wait. Decoding in the callers leaves the writer, the one thread every row goes
 //! through, only binding and stepping (bench/README.md, Replication). The callers
 //! are normally [`InitialSync::copy_tables`]'s worker threads, which read the COPY output from
-//! Postgres themselves ([`crate::pg::upstream`]); Python feeds chunks only when that path cannot
-//! connect as psycopg does (TLS). Rows are
+//! Postgres themselves ([`crate::pg::upstream`]) and decode each row straight out of their read
+//! buffer; Python feeds chunks only when that path cannot connect as psycopg does (TLS). Rows are
 //! inserted `ROWS_PER_INSERT` at a time by one multi-row `INSERT`, which costs SQLite far less
 //! per row than a statement per row. Meanwhile a flusher thread has the kernel write the staging
 //! file out every `FLUSH_INTERVAL`, so the final fsync does not start writing the whole replica
@@ -49,6 +49,9 @@ const ROWS_PER_INSERT: usize = 64;
 const MAX_PARAMETERS: usize = 32_766;
 /// Calls to `copy_chunks` queued for the writer before callers wait.
 const QUEUED_CALLS: usize = 4;
+/// Bytes of COPY output decoded into one queued batch by [`InitialSync::copy_tables`]'s readers:
+/// large enough to amortise the hand-over, small enough that the queued batches stay a few MiB.
+const BATCH_BYTES: usize = 1 << 20;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// SQLite's page cache while building an index, in KiB: the index sorter keeps this much in
 /// memory before it spills sorted runs to temporary files and merges them. Only while building:
@@ -88,6 +91,10 @@ struct DecodedRows {
 }
 
 impl DecodedRows {
+    fn with_capacity(text: usize, cells: usize) -> Self {
+        DecodedRows { cells: Vec::with_capacity(cells), text: Vec::with_capacity(text), rows: 0 }
+    }
+
     fn text(&mut self, bytes: &[u8]) -> Result<Cell> {
         let start = self.text.len();
         self.text.extend_from_slice(bytes);
@@ -107,6 +114,12 @@ struct TableDecoding {
 impl TableDecoding {
     fn decode(&mut self, chunk: &[u8]) -> Result<DecodedRows> {
         let mut out = DecodedRows { text: Vec::with_capacity(chunk.len()), ..DecodedRows::default() };
+        self.decode_into(chunk, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the complete rows of `chunk` (and of what earlier chunks left incomplete) to `out`.
+    fn decode_into(&mut self, chunk: &[u8], out: &mut DecodedRows) -> Result<()> {
         let kinds = &self.kinds;
         self.decoder.feed(chunk, |fields| {
             for (field, kind) in fields.iter().zip(kinds) {
@@ -124,8 +137,7 @@ impl TableDecoding {
             }
             out.rows += 1;
             Ok(())
-        })?;
-        Ok(out)
+        })
     }
 }
 
@@ -212,7 +224,6 @@ impl InitialSync {
         // No `PRAGMA threads` for the index sorter: on two cores it added ~40 MB of peak RSS and
         // no speed (bench/README.md, Replication).
         conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;")?;
-        conn.set_prepared_statement_cache_capacity(256);
         conn.execute_batch(METADATA_DDL)?;
         let version = lexi_version(config.consistent_point);
         let mut copies = HashMap::with_capacity(schema.tables.len());
@@ -354,16 +365,42 @@ impl InitialSync {
                 Some(reader) => reader,
                 None => connection.insert(SnapshotReader::connect(params, snapshot)?),
             };
-            reader.copy(&self.copy_statements[&oid], |data| {
-                if abort.load(Ordering::SeqCst) {
-                    return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
-                }
-                self.copy_chunks(oid, &data)
-            })?;
+            self.copy_table(reader, oid, abort)?;
             self.finish_table(oid)?;
             self.tables_done.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Reads table `oid`'s COPY output, row by row as Postgres sends it, straight from the
+    /// reader's buffer into decoded batches of about `BATCH_BYTES` of COPY output, and queues them.
+    fn copy_table(&self, reader: &mut SnapshotReader, oid: u32, abort: &AtomicBool) -> Result<()> {
+        let decoding = self.decodings.get(&oid).ok_or_else(|| unknown_table(oid))?;
+        let mut batch = DecodedRows::with_capacity(BATCH_BYTES, 0);
+        let mut batch_bytes = 0;
+        self.decoding(decoding, |decoding| {
+            reader.copy(&self.copy_statements[&oid], |payload| {
+                decoding.decode_into(payload, &mut batch)?;
+                batch_bytes += payload.len();
+                if batch_bytes >= BATCH_BYTES {
+                    let cells = batch.cells.len();
+                    self.queue(oid, std::mem::replace(&mut batch, DecodedRows::with_capacity(BATCH_BYTES, cells)), abort)?;
+                    batch_bytes = 0;
+                }
+                Ok(())
+            })
+        })?;
+        self.queue(oid, batch, abort)
+    }
+
+    fn queue(&self, oid: u32, rows: DecodedRows, abort: &AtomicBool) -> Result<()> {
+        if abort.load(Ordering::SeqCst) {
+            return Err(Error::Protocol { detail: "stopped: another table's copy failed".into() });
+        }
+        if self.failure.stopped.load(Ordering::SeqCst) {
+            return Err(self.failure.take());
+        }
+        self.jobs.send(Job::Rows { oid, rows }).map_err(|_| self.failure.take())
     }
 
     /// Tables completely copied by [`InitialSync::copy_tables`] so far.
@@ -438,77 +475,105 @@ fn unknown_table(oid: u32) -> Error {
     Error::Schema { detail: format!("no published table with oid {oid}") }
 }
 
+/// A table's two INSERT statements (`rows_per_insert` rows, one row), held by the writer for the
+/// whole copy: the statement cache would look each up by its (long) text and clear its bindings
+/// at every use.
+struct Inserts<'c> {
+    many: rusqlite::Statement<'c>,
+    one: rusqlite::Statement<'c>,
+}
+
 impl Staging {
     /// The writer thread: runs the queued jobs until every sender is gone, or until one fails
     /// (its error goes to `failure`, and the dropped queue makes every later call fail).
-    fn run(mut self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
-        for job in queue {
-            match job {
-                Job::Rows { oid, rows } => {
-                    if let Err(e) = self.insert(oid, &rows) {
-                        failure.record(Some(e));
-                        return Err(stopped());
-                    }
-                }
-                Job::FinishTable { oid, reply } => {
-                    let result = self.finish_table(oid);
-                    let failed = result.is_err();
-                    if failed {
-                        failure.record(None);
-                    }
-                    // A caller that stopped waiting learns of an error from its next call.
-                    let _ = reply.send(result);
-                    if failed {
-                        return Err(stopped());
-                    }
-                    // The table is complete: its index is built now, while the other tables'
-                    // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
-                    if let Err(e) = self.index_table(oid) {
-                        failure.record(Some(e));
-                        return Err(stopped());
-                    }
-                }
-            }
-        }
-        Ok(self)
-    }
-
-    /// Inserts `rows` of table `oid`: `rows_per_insert` at a time, the rest one by one.
-    fn insert(&mut self, oid: u32, rows: &DecodedRows) -> Result<()> {
-        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        let columns = copy.columns.max(1);
-        let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
-        for group in &mut groups {
-            insert_rows(&self.conn, &copy.insert_sql, group, &rows.text)?;
-        }
-        for row in groups.remainder().chunks_exact(columns) {
-            insert_rows(&self.conn, &copy.insert_one_sql, row, &rows.text)?;
-        }
-        copy.rows += rows.rows;
-        self.rows.fetch_add(rows.rows, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn index_table(&mut self, oid: u32) -> Result<()> {
-        let copy = self.copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
-        if !copy.indexed {
-            self.conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
-            layout::create_primary_key(&self.conn, &copy.spec)?;
-            self.conn.execute_batch("PRAGMA cache_size = -2000;")?;
-            copy.indexed = true;
-        }
-        Ok(())
-    }
-
-    fn finish_table(&mut self, oid: u32) -> Result<u64> {
-        let copy = self.copies.get(&oid).ok_or_else(|| unknown_table(oid))?;
-        Ok(copy.rows)
+    fn run(self, queue: &Receiver<Job>, failure: &Failure) -> Result<Staging> {
+        let Staging { conn, mut copies, rows } = self;
+        run_jobs(&conn, &mut copies, &rows, queue, failure)?;
+        Ok(Staging { conn, copies, rows })
     }
 }
 
-/// Binds `cells` (exactly the parameters of `sql`, a multi-row INSERT) and runs it.
-fn insert_rows(conn: &Connection, sql: &str, cells: &[Cell], text: &[u8]) -> Result<()> {
-    let mut stmt = conn.prepare_cached(sql)?;
+fn run_jobs(
+    conn: &Connection,
+    copies: &mut HashMap<u32, TableCopy>,
+    rows_inserted: &AtomicU64,
+    queue: &Receiver<Job>,
+    failure: &Failure,
+) -> Result<()> {
+    let mut inserts: HashMap<u32, Inserts<'_>> = HashMap::new();
+    for job in queue {
+        match job {
+            Job::Rows { oid, rows } => {
+                if let Err(e) = insert(conn, copies, &mut inserts, oid, &rows) {
+                    failure.record(Some(e));
+                    return Err(stopped());
+                }
+                rows_inserted.fetch_add(rows.rows, Ordering::Relaxed);
+            }
+            Job::FinishTable { oid, reply } => {
+                let result = copies.get(&oid).map(|c| c.rows).ok_or_else(|| unknown_table(oid));
+                let failed = result.is_err();
+                if failed {
+                    failure.record(None);
+                }
+                // A caller that stopped waiting learns of an error from its next call.
+                let _ = reply.send(result);
+                if failed {
+                    return Err(stopped());
+                }
+                inserts.remove(&oid);
+                // The table is complete: its index is built now, while the other tables'
+                // chunks queue up (their COPY goes on in Postgres meanwhile), not at the end.
+                if let Err(e) = index_table(conn, copies, oid) {
+                    failure.record(Some(e));
+                    return Err(stopped());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts `rows` of table `oid`: `rows_per_insert` at a time, the rest one by one.
+fn insert<'c>(
+    conn: &'c Connection,
+    copies: &mut HashMap<u32, TableCopy>,
+    inserts: &mut HashMap<u32, Inserts<'c>>,
+    oid: u32,
+    rows: &DecodedRows,
+) -> Result<()> {
+    let copy = copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+    let statements = match inserts.entry(oid) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(Inserts { many: conn.prepare(&copy.insert_sql)?, one: conn.prepare(&copy.insert_one_sql)? })
+        }
+    };
+    let columns = copy.columns.max(1);
+    let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
+    for group in &mut groups {
+        insert_rows(&mut statements.many, group, &rows.text)?;
+    }
+    for row in groups.remainder().chunks_exact(columns) {
+        insert_rows(&mut statements.one, row, &rows.text)?;
+    }
+    copy.rows += rows.rows;
+    Ok(())
+}
+
+fn index_table(conn: &Connection, copies: &mut HashMap<u32, TableCopy>, oid: u32) -> Result<()> {
+    let copy = copies.get_mut(&oid).ok_or_else(|| unknown_table(oid))?;
+    if !copy.indexed {
+        conn.execute_batch(&format!("PRAGMA cache_size = -{INDEX_CACHE_KIB};"))?;
+        layout::create_primary_key(conn, &copy.spec)?;
+        conn.execute_batch("PRAGMA cache_size = -2000;")?;
+        copy.indexed = true;
+    }
+    Ok(())
+}
+
+/// Binds `cells` (exactly the parameters of `stmt`, a multi-row INSERT) and runs it.
+fn insert_rows(stmt: &mut rusqlite::Statement<'_>, cells: &[Cell], text: &[u8]) -> Result<()> {
     for (index, cell) in cells.iter().enumerate() {
         let value = match *cell {
             Cell::Null => ValueRef::Null,

@@ -8,17 +8,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from zcache import _native
 from zcache.change_source import initial_sync, upstream
+from tests.fixtures.fix_pg import PgServer
 
 SHARD = upstream.ShardId("zero", 0)
 
@@ -111,6 +115,82 @@ def test_a_gone_snapshot_says_the_sync_must_start_over(
             sync.copy_tables([oid], snapshot=snapshot, workers=1, **_params(pg_conn))
     finally:
         initial_sync._drop_slot_quietly(pg_dsn, name)
+
+
+@contextlib.contextmanager
+def password_role(pg_cluster: PgServer, pg_conn: psycopg.Connection[Any], method: str) -> Iterator[tuple[str, str]]:
+    """A login role whose password is stored for `method`, which pg_hba.conf then demands of it
+    (over TCP and the Unix socket); removed afterwards. Only the throwaway cluster's pg_hba.conf
+    can be changed."""
+    if pg_cluster.cluster is None:
+        pytest.skip("needs the throwaway cluster (its pg_hba.conf)")
+    role, password = f"zt_{method.replace('-', '_')}_{os.urandom(3).hex()}", "pass wörd"
+    hba = pg_cluster.cluster.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    encryption = "md5" if method == "md5" else "scram-sha-256"
+    pg_conn.execute(sql.SQL("SET password_encryption = {}").format(sql.Literal(encryption)))
+    pg_conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    pg_conn.execute(sql.SQL("GRANT SELECT ON item TO {}").format(sql.Identifier(role)))
+    try:
+        hba.write_text(f"local all {role} {method}\nhost all {role} 127.0.0.1/32 {method}\n{original}")
+        pg_conn.execute("SELECT pg_reload_conf()")
+        wait_until_refused(pg_conn, role)
+        yield role, password
+    finally:
+        hba.write_text(original)
+        pg_conn.execute("SELECT pg_reload_conf()")
+        pg_conn.execute(sql.SQL("REVOKE ALL ON item FROM {}").format(sql.Identifier(role)))
+        pg_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def wait_until_refused(pg_conn: psycopg.Connection[Any], role: str) -> None:
+    """The postmaster reloads pg_hba.conf on its own time: wait until the role needs its password."""
+    for _ in range(200):
+        try:
+            psycopg.connect(pg_conn.info.dsn, user=role, password="not it", connect_timeout=5).close()
+        except psycopg.OperationalError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pg_hba.conf still lets {role} in without its password")
+
+
+@pytest.mark.parametrize("method", ["password", "md5", "scram-sha-256"])
+@pytest.mark.parametrize("over", ["tcp", "unix socket"])
+def test_a_password_role_is_copied_for_with_every_method(
+    pg_cluster: PgServer,
+    pg_conn: psycopg.Connection[Any],
+    items: upstream.ShardSetup,
+    slot: tuple[str, str],
+    tmp_path: Path,
+    method: str,
+    over: str,
+) -> None:
+    with password_role(pg_cluster, pg_conn, method) as (role, password):
+        host = "127.0.0.1" if over == "tcp" else str(pg_cluster.cluster.socket_dir)  # type: ignore[union-attr]
+        sync, oid = _sync(pg_conn, items, tmp_path / "r.staging")
+        with pytest.raises(_native.UpstreamError, match=rf"authentication failed for {role}@"):
+            sync.copy_tables([oid], snapshot=slot[1], workers=1, **_params(pg_conn, host=host, user=role, password="not it"))
+        with pytest.raises(_native.UpstreamError, match=rf"authentication failed for {role}@.*none was given"):
+            sync.copy_tables([oid], snapshot=slot[1], workers=1, **_params(pg_conn, host=host, user=role, password=None))
+        sync, oid = _sync(pg_conn, items, tmp_path / "r2.staging")
+        sync.copy_tables([oid], snapshot=slot[1], workers=1, **_params(pg_conn, host=host, user=role, password=password))
+    assert sync.rows == 5000
+    sync.finish(str(tmp_path / "r.db"))
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute('SELECT count(*), sum("id") FROM "item"').fetchone() == (5000, 5000 * 5001 // 2)
+
+
+def test_a_failing_copy_carries_the_server_message(
+    pg_conn: psycopg.Connection[Any], items: upstream.ShardSetup, slot: tuple[str, str], tmp_path: Path
+) -> None:
+    sync, oid = _sync(pg_conn, items, tmp_path / "r.staging")
+    role = f"zt_no_rights_{os.urandom(3).hex()}"
+    pg_conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with pytest.raises(_native.UpstreamError, match=r"COPY .* failed: permission denied for table item \(SQLSTATE 42501\)"):
+            sync.copy_tables([oid], snapshot=slot[1], workers=1, **_params(pg_conn, user=role))
+    finally:
+        pg_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @contextlib.contextmanager
