@@ -15,6 +15,7 @@ import trio
 
 from tests.view_syncer.harness import FakeClient, Harness, files_with_owner, init_connection, running
 from zcache.cvr import CVRStore
+from zcache.view_syncer import ViewSyncerService
 
 
 def recorded(h: Harness, group_id: str) -> set[tuple[str, str]]:
@@ -30,24 +31,28 @@ def expected_keys(h: Harness, queries: list[Any]) -> set[tuple[str, str]]:
     return {(t, pk[0]) for t, pk in h.expected(queries)}
 
 
-def patch_writer(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
-    monkeypatch.setattr(CVRStore, "_write_rows", wrap(CVRStore._write_rows))
+def patch_writer(monkeypatch: pytest.MonkeyPatch, before: Callable[[], object]) -> None:
+    """Runs `before` in the store's worker thread ahead of each write of deferred row records."""
+    write = CVRStore._write_rows
+
+    def run(self: CVRStore, *args: Any) -> None:
+        before()
+        write(self, *args)
+
+    monkeypatch.setattr(CVRStore, "_write_rows", run)
+
+
+async def deferring_service(h: Harness) -> ViewSyncerService:
+    service = await h.start_service()
+    service.store.defer_rows_above = 0
+    return service
 
 
 async def test_clients_do_not_wait_for_the_row_records(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-
-    def held(write: Callable[..., None]) -> Callable[..., None]:
-        def run(self: CVRStore, *args: Any) -> None:
-            release.wait(30)  # in the store's worker thread
-            write(self, *args)
-
-        return run
-
-    patch_writer(monkeypatch, held)
+    patch_writer(monkeypatch, lambda: release.wait(30))
     async with running(pg_dsn, tmp_path) as h:
-        service = await h.start_service()
-        service.store.defer_rows_above = 0
+        service = await deferring_service(h)
         q = files_with_owner("u1")
         c = FakeClient("c1", "g1")
         s = await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
@@ -78,8 +83,7 @@ async def test_clients_do_not_wait_for_the_row_records(pg_dsn: str, tmp_path: Pa
 
 async def test_a_group_whose_row_records_never_reached_the_store_is_refused(pg_dsn: str, tmp_path: Path) -> None:
     async with running(pg_dsn, tmp_path) as h:
-        service = await h.start_service()
-        service.store.defer_rows_above = 0
+        service = await deferring_service(h)
         q = files_with_owner("u1")
         c = FakeClient("c1", "g1")
         s = await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
@@ -118,18 +122,13 @@ async def test_a_group_whose_row_records_never_reached_the_store_is_refused(pg_d
 async def test_a_failed_row_write_makes_the_clients_start_over(pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     failures = [RuntimeError("the row records could not be written")]
 
-    def failing(write: Callable[..., None]) -> Callable[..., None]:
-        def run(self: CVRStore, *args: Any) -> None:
-            if failures:
-                raise failures.pop()
-            write(self, *args)
+    def fail_once() -> None:
+        if failures:
+            raise failures.pop()
 
-        return run
-
-    patch_writer(monkeypatch, failing)
+    patch_writer(monkeypatch, fail_once)
     async with running(pg_dsn, tmp_path) as h:
-        service = await h.start_service()
-        service.store.defer_rows_above = 0
+        service = await deferring_service(h)
         q = files_with_owner("u1")
         c = FakeClient("c1", "g1")
         await h.connect(c, init_connection(q.put(300_000), active_clients=["c1"]))
