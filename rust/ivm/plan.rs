@@ -219,6 +219,27 @@ impl TableInfo {
         cache: &mut ReadCache,
         known: Option<&dyn Fn(&str) -> Option<Arc<str>>>,
     ) -> rusqlite::Result<Row> {
+        let (vals, json) = self.read_parts(r, needed, cache)?;
+        let version = self.read_version(r, cache)?;
+        let key = known
+            .and_then(|known| known(&cache.key))
+            .unwrap_or_else(|| Arc::from(cache.key.as_str()));
+        Ok(Row {
+            key,
+            vals,
+            version,
+            json,
+        })
+    }
+
+    /// [`TableInfo::read_row_with`] but for the key and the version: the values and client
+    /// JSON, the key's text left in `cache.key` (see [`ReadCache::key`]).
+    pub fn read_parts(
+        &self,
+        r: &rusqlite::Row<'_>,
+        needed: Option<&[bool]>,
+        cache: &mut ReadCache,
+    ) -> rusqlite::Result<(Box<[Val]>, Option<RowJson>)> {
         let n = self.cols.len();
         // Values stop after the last column needed (none at all, often).
         let width = needed.map_or(n, |mask| mask.iter().rposition(|&w| w).map_or(0, |i| i + 1));
@@ -266,7 +287,19 @@ impl TableInfo {
                 })
             }
         };
-        let version: Arc<str> = match r.get_ref(n)? {
+        if single_key.is_none() {
+            for (n, &c) in self.pk.iter().enumerate() {
+                cache.key.push_str(&self.key_names[n]);
+                write_key_json(&mut cache.key, r.get_ref(c)?);
+            }
+        }
+        cache.key.push('}');
+        Ok((vals.into_boxed_slice(), json))
+    }
+
+    /// A row's version (the one of consecutive rows shared: see [`ReadCache`]).
+    pub fn read_version(&self, r: &rusqlite::Row<'_>, cache: &mut ReadCache) -> rusqlite::Result<Arc<str>> {
+        let version: Arc<str> = match r.get_ref(self.cols.len())? {
             rusqlite::types::ValueRef::Text(t) => match &cache.version {
                 Some(v) if v.as_bytes() == t => v.clone(),
                 _ => {
@@ -277,25 +310,9 @@ impl TableInfo {
             },
             _ => Arc::from(""),
         };
-        let version = match &self.min_version {
+        Ok(match &self.min_version {
             Some(min) if **min > *version => min.clone(),
             _ => version,
-        };
-        if single_key.is_none() {
-            for (n, &c) in self.pk.iter().enumerate() {
-                cache.key.push_str(&self.key_names[n]);
-                write_key_json(&mut cache.key, r.get_ref(c)?);
-            }
-        }
-        cache.key.push('}');
-        let key = known
-            .and_then(|known| known(&cache.key))
-            .unwrap_or_else(|| Arc::from(cache.key.as_str()));
-        Ok(Row {
-            key,
-            vals: vals.into_boxed_slice(),
-            version,
-            json,
         })
     }
 
@@ -392,6 +409,14 @@ pub struct ReadCache {
     key: String,
     /// Room to reserve for a row's JSON (a little more than the longest so far).
     json_len: usize,
+}
+
+impl ReadCache {
+    /// The key of the row read last ([`TableInfo::read_parts`]).
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 /// Appends one stored value as the client sees it (see [`TableInfo::write_row_json`]).
