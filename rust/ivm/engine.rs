@@ -15,7 +15,7 @@ use crate::pg::schema::TableSpec;
 use super::ast::{parse_ast_json, Ast};
 use super::interest::{group_of, query_key, Interest, Reg};
 use super::plan::{compile, NodeKind, Plan, ReadCache, Stmt, TableInfo};
-use super::value::{part_key, write_json_str, FastMap, FastSet, KeyVal, PartKey, Row, RowJson, Val};
+use super::value::{part_key, write_json_str, FastMap, FastSet, KeyVal, PartKey, Row, Val};
 
 /// A row of one table, across the engine: (table id, row key).
 type RowId = (u32, Arc<str>);
@@ -920,10 +920,11 @@ impl Entering<'_, '_> {
         }
         // This thread's own copy of the version rows share (see `ReadChunk`).
         let mut version: Arc<str> = Arc::from("");
+        let mut json_len = 0;
         for chunk in chunks {
             self.reserve(node, chunk.rows.len());
-            let mut start = 0;
-            for ((vals, json, v), end) in chunk.rows.into_iter().zip(chunk.key_ends) {
+            let (mut start, mut cells) = (0, &chunk.cells[..]);
+            for ((vals, v), end) in chunk.rows.into_iter().zip(chunk.key_ends) {
                 let text = &chunk.keys[start..end];
                 start = end;
                 let key = np
@@ -935,21 +936,29 @@ impl Entering<'_, '_> {
                 if **read != *version {
                     version = Arc::from(&**read);
                 }
-                let version = version.clone();
-                enter(self, Row { key, vals, version, json: Some(json) });
+                let json = np.table.op_of_cells(&mut cells, &mut json_len);
+                let row = Row {
+                    key,
+                    vals,
+                    version: version.clone(),
+                    json: Some(json),
+                };
+                enter(self, row);
             }
         }
         (keys, first)
     }
 }
 
-/// Rows of a partition read by the calling thread for the thread entering them: values and
-/// client ops, the keys' texts in one buffer and versions by index, so that each becomes the
-/// entering thread's own `Arc` (one shared by both threads would bounce its count between
-/// their caches at every row).
+/// Rows of a partition read by the calling thread for the thread entering them: their values,
+/// their columns as stored (`TableInfo::read_cells`: the entering thread writes the client
+/// ops, which balances the two threads' work), the keys' texts in one buffer and versions by
+/// index, so that each becomes the entering thread's own `Arc` (one shared by both threads
+/// would bounce its count between their caches at every row).
 #[derive(Default)]
 struct ReadChunk {
-    rows: Vec<(Box<[Val]>, RowJson, u32)>,
+    rows: Vec<(Box<[Val]>, u32)>,
+    cells: Vec<u8>,
     keys: String,
     key_ends: Vec<usize>,
     versions: Vec<Arc<str>>,
@@ -968,21 +977,23 @@ fn read_chunks(table: &TableInfo, needed: &[bool], mut cursor: rusqlite::Rows<'_
     let mut read = 0;
     let mut chunk = ReadChunk::default();
     while let Some(r) = cursor.next()? {
-        let (vals, json) = table.read_parts(r, Some(needed), &mut cache)?;
+        let vals = table.read_cells(r, needed, &mut cache, &mut chunk.cells)?;
         let version = table.read_version(r, &mut cache)?;
         if !chunk.versions.last().is_some_and(|v| Arc::ptr_eq(v, &version)) {
             chunk.versions.push(version);
         }
         let v = u32::try_from(chunk.versions.len() - 1).expect("fewer than 2^32 versions in a chunk");
-        chunk.rows.push((vals, json.expect("read with a mask of needed columns"), v));
+        chunk.rows.push((vals, v));
         chunk.keys.push_str(cache.key());
         chunk.key_ends.push(chunk.keys.len());
         read += 1;
         if chunk.rows.len() == CHUNK_ROWS {
+            let cells = chunk.cells.len();
             let full = std::mem::replace(
                 &mut chunk,
                 ReadChunk {
                     rows: Vec::with_capacity(CHUNK_ROWS),
+                    cells: Vec::with_capacity(cells),
                     keys: String::with_capacity(CHUNK_ROWS * cache.key().len().max(16)),
                     key_ends: Vec::with_capacity(CHUNK_ROWS),
                     versions: Vec::new(),
