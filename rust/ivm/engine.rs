@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
@@ -179,6 +180,8 @@ struct Db {
     /// An emptied row buffer of the largest partition read so far, so that hydrations of large
     /// partitions do not grow one again (each doubling copies every row read so far).
     spare_rows: RefCell<Vec<Row>>,
+    /// See [`PIPELINE_ROWS`] (tests lower it).
+    pipeline_rows: usize,
 }
 
 /// Shared by every client group of the process (see the module docs).
@@ -832,22 +835,16 @@ fn touch_part(
     })
 }
 
-/// One query's state being worked on.
-struct Run<'r, 'a, 'g> {
-    ctx: &'r Ctx<'a>,
+/// Entering rows into a query's state: what [`Run`] does without the call's reader (a `Ctx` is
+/// one thread's), so that a second thread may do it while the reader reads (see
+/// `Run::acquire_pipelined`).
+struct Entering<'r, 'g> {
     plan: &'r Plan,
     st: &'r mut QState,
     acc: &'r mut Acc<'g>,
 }
 
-impl Run<'_, '_, '_> {
-    fn partition_of(&self, node: usize, row: &Row) -> Option<PartKey> {
-        match &self.plan.nodes[node].link {
-            None => Some(self.ctx.root_key.clone()),
-            Some(link) => part_key(&row.vals, &link.child_cols),
-        }
-    }
-
+impl Entering<'_, '_> {
     /// The query holds `row` once more (an entry of `node`); returns the key for the entry to
     /// keep (see `Interest::hold`).
     fn inc_row(&mut self, node: usize, key: Arc<str>, version: Arc<str>, row: Content) -> Arc<str> {
@@ -868,6 +865,173 @@ impl Run<'_, '_, '_> {
         let key = self.acc.interest.hold(tid, key, self.st.key);
         self.acc.add_ref((tid, key.clone()), version, row);
         key
+    }
+
+    /// Room for `additional` more rows of `node`.
+    fn reserve(&mut self, node: usize, additional: usize) {
+        let np = &self.plan.nodes[node];
+        self.st.nodes[node].rows.reserve(additional);
+        if np.synced {
+            if np.counted {
+                self.st.rows.reserve(additional);
+            }
+            self.acc.reserve(additional);
+            self.acc.interest.reserve_holders(self.st.tids[node], additional);
+        }
+    }
+
+    /// Records `row` as an entry of `node` with child partitions `links` (the caller holds
+    /// them); returns the key the entry is recorded under.
+    fn record(&mut self, node: usize, part: &PartKey, row: RowIn<'_>, sort: Box<[Val]>, slot: usize, links: Box<[Option<PartKey>]>) -> Arc<str> {
+        let np = &self.plan.nodes[node];
+        let (key, version, content) = row.split();
+        let sort = np.kept_sort(sort);
+        let entry = Entry {
+            part: part.clone(),
+            version: version.clone(),
+            more: (!sort.is_empty() || !links.is_empty()).then(|| Box::new(EntryMore { sort, links })),
+            slot: entry_slot(slot),
+        };
+        let key = if np.synced { self.inc_row(node, key, version, content) } else { key };
+        self.st.nodes[node].rows.insert(key.clone(), entry);
+        key
+    }
+
+    /// Enters the rows of partition `part` of leaf `node`: `first`, then those of `chunks` as
+    /// they come (see `Run::acquire_pipelined`). `check`: the node has entries already (the
+    /// rows it holds elsewhere are skipped, as in `Run::acquire`). Returns the partition's keys
+    /// and `first`, emptied.
+    fn enter_leaf(&mut self, node: usize, part: &PartKey, check: bool, mut first: Vec<Row>, chunks: &Receiver<ReadChunk>) -> (Vec<Arc<str>>, Vec<Row>) {
+        let plan = self.plan;
+        let np = &plan.nodes[node];
+        let tid = self.st.tids[node];
+        let mut keys = Vec::with_capacity(first.len() * 2);
+        let mut enter = |this: &mut Self, row: Row| {
+            if check && this.st.nodes[node].rows.contains_key(&row.key) {
+                return;
+            }
+            let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
+            let slot = keys.len();
+            keys.push(this.record(node, part, RowIn::Fresh(row), sort, slot, Box::default()));
+        };
+        self.reserve(node, first.len());
+        for row in first.drain(..) {
+            enter(self, row);
+        }
+        // This thread's own copy of the version rows share (see `ReadChunk`).
+        let mut version: Arc<str> = Arc::from("");
+        let mut json_len = 0;
+        for chunk in chunks {
+            self.reserve(node, chunk.rows.len());
+            let (mut start, mut cells) = (0, &chunk.cells[..]);
+            for ((vals, v), end) in chunk.rows.into_iter().zip(chunk.key_ends) {
+                let text = &chunk.keys[start..end];
+                start = end;
+                let key = np
+                    .synced
+                    .then(|| self.acc.interest.held_key(tid, text))
+                    .flatten()
+                    .unwrap_or_else(|| Arc::from(text));
+                let read = &chunk.versions[v as usize];
+                if **read != *version {
+                    version = Arc::from(&**read);
+                }
+                let json = np.table.op_of_cells(&mut cells, &mut json_len);
+                let row = Row {
+                    key,
+                    vals,
+                    version: version.clone(),
+                    json: Some(json),
+                };
+                enter(self, row);
+            }
+        }
+        (keys, first)
+    }
+}
+
+/// Rows of a partition read by the calling thread for the thread entering them: their values,
+/// their columns as stored (`TableInfo::read_cells`: the entering thread writes the client
+/// ops, which balances the two threads' work), the keys' texts in one buffer and versions by
+/// index, so that each becomes the entering thread's own `Arc` (one shared by both threads
+/// would bounce its count between their caches at every row).
+#[derive(Default)]
+struct ReadChunk {
+    rows: Vec<(Box<[Val]>, u32)>,
+    cells: Vec<u8>,
+    keys: String,
+    key_ends: Vec<usize>,
+    versions: Vec<Arc<str>>,
+}
+
+/// Rows of a leaf partition read by one thread before a second one enters them as the first
+/// reads the rest (below this, a thread's start, ~0.05 ms, would cost more than it saves).
+const PIPELINE_ROWS: usize = 1024;
+/// Rows per chunk handed over, and chunks read ahead at most.
+const CHUNK_ROWS: usize = 256;
+const CHUNKS_AHEAD: usize = 8;
+
+/// Reads the rest of a partition (after its first rows) into chunks sent to `out`; returns
+/// the number of rows read. Stops early if the receiving thread is gone (its join says why).
+fn read_chunks(table: &TableInfo, needed: &[bool], mut cursor: rusqlite::Rows<'_>, mut cache: ReadCache, out: &SyncSender<ReadChunk>) -> Result<u64> {
+    let mut read = 0;
+    let mut chunk = ReadChunk::default();
+    while let Some(r) = cursor.next()? {
+        let vals = table.read_cells(r, needed, &mut cache, &mut chunk.cells)?;
+        let version = table.read_version(r, &mut cache)?;
+        if !chunk.versions.last().is_some_and(|v| Arc::ptr_eq(v, &version)) {
+            chunk.versions.push(version);
+        }
+        let v = u32::try_from(chunk.versions.len() - 1).expect("fewer than 2^32 versions in a chunk");
+        chunk.rows.push((vals, v));
+        chunk.keys.push_str(cache.key());
+        chunk.key_ends.push(chunk.keys.len());
+        read += 1;
+        if chunk.rows.len() == CHUNK_ROWS {
+            let cells = chunk.cells.len();
+            let full = std::mem::replace(
+                &mut chunk,
+                ReadChunk {
+                    rows: Vec::with_capacity(CHUNK_ROWS),
+                    cells: Vec::with_capacity(cells),
+                    keys: String::with_capacity(CHUNK_ROWS * cache.key().len().max(16)),
+                    key_ends: Vec::with_capacity(CHUNK_ROWS),
+                    versions: Vec::new(),
+                },
+            );
+            if out.send(full).is_err() {
+                return Ok(read);
+            }
+        }
+    }
+    if !chunk.rows.is_empty() {
+        let _ = out.send(chunk);
+    }
+    Ok(read)
+}
+
+/// One query's state being worked on.
+struct Run<'r, 'a, 'g> {
+    ctx: &'r Ctx<'a>,
+    plan: &'r Plan,
+    st: &'r mut QState,
+    acc: &'r mut Acc<'g>,
+}
+
+impl<'g> Run<'_, '_, 'g> {
+    fn entering(&mut self) -> Entering<'_, 'g> {
+        Entering {
+            plan: self.plan,
+            st: self.st,
+            acc: self.acc,
+        }
+    }
+
+    fn partition_of(&self, node: usize, row: &Row) -> Option<PartKey> {
+        match &self.plan.nodes[node].link {
+            None => Some(self.ctx.root_key.clone()),
+            Some(link) => part_key(&row.vals, &link.child_cols),
+        }
     }
 
     fn dec_row(&mut self, node: usize, key: &Arc<str>) {
@@ -899,24 +1063,31 @@ impl Run<'_, '_, '_> {
             p.refs += 1;
             return Ok(());
         }
-        let plan = self.plan;
+        let (ctx, plan) = (self.ctx, self.plan);
         let np = &plan.nodes[node];
         let link_vals: Vec<Val> = key.iter().map(KeyVal::to_val).collect();
-        self.ctx.counters.borrow_mut().partition_queries += 1;
+        ctx.counters.borrow_mut().partition_queries += 1;
         let tid = self.st.tids[node];
-        let mut rows = if np.limit == Some(0) {
-            Vec::new()
-        } else {
+        let mut rows = std::mem::take(&mut *ctx.db.spare_rows.borrow_mut());
+        if np.limit != Some(0) {
+            let mut s = ctx.db.conn.prepare_cached(&np.select.sql)?;
+            let mut cursor = s.query(params_from_iter(np.select.bind(&link_vals, &[], np.limit)))?;
+            let mut cache = ReadCache::default();
+            // Rows of leaves (entering them reads nothing more) past a size are entered by a
+            // second thread while the rest is read.
+            let first = if np.children.is_empty() { ctx.db.pipeline_rows } else { usize::MAX };
             let interest: &Interest = self.acc.interest;
             let known = |key: &str| interest.held_key(tid, key);
-            self.ctx.query_rows(
-                &np.table,
-                &np.select,
-                np.select.bind(&link_vals, &[], np.limit),
-                Some(&np.needed),
-                np.synced.then_some(&known as &dyn Fn(&str) -> Option<Arc<str>>),
-            )?
-        };
+            let known = np.synced.then_some(&known as &dyn Fn(&str) -> Option<Arc<str>>);
+            while rows.len() < first {
+                let Some(r) = cursor.next()? else { break };
+                rows.push(np.table.read_row_with(r, Some(&np.needed), &mut cache, known)?);
+            }
+            ctx.counters.borrow_mut().rows_read += rows.len() as u64;
+            if rows.len() == first {
+                return self.acquire_pipelined(node, key, rows, cursor, cache);
+            }
+        }
         // A row the node already holds in another partition moved there in this advance (its
         // correlation value changed); it is dirty in this node, which is processed after this
         // parent, and will move then.
@@ -924,14 +1095,7 @@ impl Run<'_, '_, '_> {
         if !held.is_empty() {
             rows.retain(|r| !held.contains_key(&r.key));
         }
-        self.st.nodes[node].rows.reserve(rows.len());
-        if np.synced {
-            if np.counted {
-                self.st.rows.reserve(rows.len());
-            }
-            self.acc.reserve(rows.len());
-            self.acc.interest.reserve_holders(tid, rows.len());
-        }
+        self.entering().reserve(node, rows.len());
         self.st.nodes[node]
             .parts
             .insert(key.clone(), Partition { refs: 1, keys: Vec::new() });
@@ -946,8 +1110,39 @@ impl Run<'_, '_, '_> {
             let sort = if np.limit.is_some() { np.sort_key(&row.vals) } else { Box::default() };
             keys.push(self.add_entry(node, &key, RowIn::Fresh(row), sort, slot)?);
         }
-        self.ctx.recycle(rows);
+        ctx.recycle(rows);
         self.st.nodes[node].parts.get_mut(&key).expect("inserted above").keys = keys;
+        Ok(())
+    }
+
+    /// [`Run::acquire`] of a large leaf partition, `first` its rows read so far: this thread
+    /// reads the rest (SQLite's stepping and the rows' client ops) in chunks, a second one
+    /// enters them into the query's state as they come. One connection, so one snapshot; the
+    /// order rows are entered in is SQLite's, as in `acquire`, so the state and patch are the
+    /// same. A read error stops the reading; the rows entered by then are in the query's state,
+    /// which the caller drops.
+    fn acquire_pipelined(&mut self, node: usize, key: PartKey, first: Vec<Row>, cursor: rusqlite::Rows<'_>, cache: ReadCache) -> Result<()> {
+        let (ctx, plan) = (self.ctx, self.plan);
+        let np = &plan.nodes[node];
+        let check = !self.st.nodes[node].rows.is_empty();
+        self.st.nodes[node]
+            .parts
+            .insert(key.clone(), Partition { refs: 1, keys: Vec::new() });
+        if let Some(reg) = self.partition_reg(node, &key) {
+            self.acc.interest.register(&reg, self.st.key);
+        }
+        let mut entering = self.entering();
+        let part = &key;
+        let (read, (keys, first)) = std::thread::scope(|scope| {
+            let (chunks, received) = sync_channel(CHUNKS_AHEAD);
+            let worker = scope.spawn(move || entering.enter_leaf(node, part, check, first, &received));
+            let read = read_chunks(&np.table, &np.needed, cursor, cache, &chunks);
+            drop(chunks);
+            (read, worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        ctx.recycle(first);
+        self.st.nodes[node].parts.get_mut(&key).expect("inserted above").keys = keys;
+        ctx.counters.borrow_mut().rows_read += read?;
         Ok(())
     }
 
@@ -984,21 +1179,7 @@ impl Run<'_, '_, '_> {
                 )
             })
             .collect();
-        let (key, version, content) = row.split();
-        let sort = np.kept_sort(sort);
-        let entry = Entry {
-            part: part.clone(),
-            version: version.clone(),
-            more: (!sort.is_empty() || !links.is_empty()).then(|| {
-                Box::new(EntryMore {
-                    sort,
-                    links: links.clone(),
-                })
-            }),
-            slot: entry_slot(slot),
-        };
-        let key = if np.synced { self.inc_row(node, key, version, content) } else { key };
-        self.st.nodes[node].rows.insert(key.clone(), entry);
+        let key = self.entering().record(node, part, row, sort, slot, links.clone());
         for (i, &child) in np.children.iter().enumerate() {
             if let Some(k) = &links[i] {
                 self.acquire(child, k.clone())?;
@@ -1604,6 +1785,7 @@ impl QueryEngine {
             schema_cookie: -1,
             specs_gen: 0,
             spare_rows: RefCell::default(),
+            pipeline_rows: PIPELINE_ROWS,
         };
         db.read(|_, _| Ok(()))?;
         Ok(QueryEngine {

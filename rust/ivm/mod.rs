@@ -46,6 +46,10 @@
 //! copied out of each op) or, for the view syncer, a `RowChanges` (`add_query_changes`,
 //! `advance_changes`) that takes each op as it was written, with the engine's own table names,
 //! keys and versions, so nothing is encoded or parsed again between the engine and the poke.
+//! A leaf partition (no child partitions to hydrate per row) of more than 1,024 rows is entered by
+//! a second thread as it is read: the calling thread steps SQLite and hands the rows' stored
+//! columns, keys and versions over in bounded chunks; the other writes the client ops and enters
+//! the rows, in SQLite's order (same state, same patch; one connection, so one snapshot).
 //!
 //! # Advancing from version A to B
 //!
@@ -122,7 +126,8 @@
 //! # Costs (bench/micro/test_ivm.py, reference data shape, instructions counted by callgrind)
 //!
 //! * Hydrating "files of 1,000 owners" (10k rows, 3.6 MB of patch) with an index on
-//!   `file.ownerId`: ~129 M instructions (was ~152 M before the row-reading and bookkeeping
+//!   `file.ownerId`: ~129 M instructions on one thread, or ~100 M on the calling thread + ~47 M on
+//!   the second with the pipelined read above (was ~152 M before the row-reading and bookkeeping
 //!   changes of issue 4), of which SQLite's stepping is ~46 M and rusqlite's column reads ~25 M;
 //!   linear in the rows (see bench/README.md for the times). What is left of the engine's own
 //!   time is mostly memory latency: per row, the shared map of held rows (looked up while

@@ -219,6 +219,27 @@ impl TableInfo {
         cache: &mut ReadCache,
         known: Option<&dyn Fn(&str) -> Option<Arc<str>>>,
     ) -> rusqlite::Result<Row> {
+        let (vals, json) = self.read_parts(r, needed, cache)?;
+        let version = self.read_version(r, cache)?;
+        let key = known
+            .and_then(|known| known(&cache.key))
+            .unwrap_or_else(|| Arc::from(cache.key.as_str()));
+        Ok(Row {
+            key,
+            vals,
+            version,
+            json,
+        })
+    }
+
+    /// [`TableInfo::read_row_with`] but for the key and the version: the values and client
+    /// JSON, the key's text left in `cache.key` (see [`ReadCache::key`]).
+    pub fn read_parts(
+        &self,
+        r: &rusqlite::Row<'_>,
+        needed: Option<&[bool]>,
+        cache: &mut ReadCache,
+    ) -> rusqlite::Result<(Box<[Val]>, Option<RowJson>)> {
         let n = self.cols.len();
         // Values stop after the last column needed (none at all, often).
         let width = needed.map_or(n, |mask| mask.iter().rposition(|&w| w).map_or(0, |i| i + 1));
@@ -252,21 +273,21 @@ impl TableInfo {
         }
         let json = match json {
             None => None,
-            Some(mut out) => {
-                out.extend_from_slice(b"}}");
-                cache.json_len = cache.json_len.max(out.len() + out.len() / 4);
-                let op = match String::from_utf8(out) {
-                    Ok(text) => text,
-                    // Stored text that is not UTF-8: written again, invalid sequences as U+FFFD.
-                    Err(_) => self.row_json_lossy(r)?,
-                };
-                Some(RowJson {
-                    op,
-                    value_start: self.put_prefix.len(),
-                })
-            }
+            Some(out) => Some(self.finish_op(out, &mut cache.json_len, || self.row_json_lossy(|i| r.get_ref(i)))?),
         };
-        let version: Arc<str> = match r.get_ref(n)? {
+        if single_key.is_none() {
+            for (n, &c) in self.pk.iter().enumerate() {
+                cache.key.push_str(&self.key_names[n]);
+                write_key_json(&mut cache.key, r.get_ref(c)?);
+            }
+        }
+        cache.key.push('}');
+        Ok((vals.into_boxed_slice(), json))
+    }
+
+    /// A row's version (the one of consecutive rows shared: see [`ReadCache`]).
+    pub fn read_version(&self, r: &rusqlite::Row<'_>, cache: &mut ReadCache) -> rusqlite::Result<Arc<str>> {
+        let version: Arc<str> = match r.get_ref(self.cols.len())? {
             rusqlite::types::ValueRef::Text(t) => match &cache.version {
                 Some(v) if v.as_bytes() == t => v.clone(),
                 _ => {
@@ -277,10 +298,59 @@ impl TableInfo {
             },
             _ => Arc::from(""),
         };
-        let version = match &self.min_version {
+        Ok(match &self.min_version {
             Some(min) if **min > *version => min.clone(),
             _ => version,
+        })
+    }
+
+    /// A row's client op written from text checked column by column.
+    fn row_json_lossy<'v>(&self, mut get: impl FnMut(usize) -> rusqlite::Result<rusqlite::types::ValueRef<'v>>) -> rusqlite::Result<String> {
+        let mut out = self.put_prefix.clone();
+        out.push('{');
+        for (i, c) in self.cols.iter().enumerate() {
+            out.push_str(&self.json_names[i]);
+            write_value_json(&mut out, c.ty, get(i)?);
+        }
+        out.push_str("}}");
+        Ok(out)
+    }
+
+    /// Ends a client op written as bytes (`json_len`: see [`ReadCache`]).
+    fn finish_op(&self, mut out: Vec<u8>, json_len: &mut usize, lossy: impl FnOnce() -> rusqlite::Result<String>) -> rusqlite::Result<RowJson> {
+        out.extend_from_slice(b"}}");
+        *json_len = (*json_len).max(out.len() + out.len() / 4);
+        let op = match String::from_utf8(out) {
+            Ok(text) => text,
+            // Stored text that is not UTF-8: written again, invalid sequences as U+FFFD.
+            Err(_) => lossy()?,
         };
+        Ok(RowJson {
+            op,
+            value_start: self.put_prefix.len(),
+        })
+    }
+
+    /// [`TableInfo::read_parts`] with `needed` but for the client op: each column is appended
+    /// to `cells` as stored, for [`TableInfo::op_of_cells`] to write the op from (on another
+    /// thread: see `engine::read_chunks`).
+    pub fn read_cells(&self, r: &rusqlite::Row<'_>, needed: &[bool], cache: &mut ReadCache, cells: &mut Vec<u8>) -> rusqlite::Result<Box<[Val]>> {
+        let width = needed.iter().rposition(|&w| w).map_or(0, |i| i + 1);
+        let mut vals = Vec::with_capacity(width);
+        cache.key.clear();
+        cache.key.push('{');
+        let single_key = (self.pk.len() == 1).then(|| self.pk[0]);
+        for i in 0..self.cols.len() {
+            let value = r.get_ref(i)?;
+            push_cell(cells, value);
+            if single_key == Some(i) {
+                cache.key.push_str(&self.key_names[0]);
+                write_key_json(&mut cache.key, value);
+            }
+            if i < width {
+                vals.push(if needed[i] { Val::from_ref(value) } else { Val::Null });
+            }
+        }
         if single_key.is_none() {
             for (n, &c) in self.pk.iter().enumerate() {
                 cache.key.push_str(&self.key_names[n]);
@@ -288,27 +358,23 @@ impl TableInfo {
             }
         }
         cache.key.push('}');
-        let key = known
-            .and_then(|known| known(&cache.key))
-            .unwrap_or_else(|| Arc::from(cache.key.as_str()));
-        Ok(Row {
-            key,
-            vals: vals.into_boxed_slice(),
-            version,
-            json,
-        })
+        Ok(vals.into_boxed_slice())
     }
 
-    /// A row's client op written from text checked column by column.
-    fn row_json_lossy(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<String> {
-        let mut out = self.put_prefix.clone();
-        out.push('{');
-        for (i, c) in self.cols.iter().enumerate() {
-            out.push_str(&self.json_names[i]);
-            write_value_json(&mut out, c.ty, r.get_ref(i)?);
+    /// The client op of the row whose cells (see [`TableInfo::read_cells`]) start `cells`,
+    /// which then starts at the next row's.
+    pub fn op_of_cells(&self, cells: &mut &[u8], json_len: &mut usize) -> RowJson {
+        let row = *cells;
+        let mut out = Vec::with_capacity((*json_len).max(64));
+        out.extend_from_slice(self.put_prefix.as_bytes());
+        out.push(b'{');
+        for i in 0..self.cols.len() {
+            out.extend_from_slice(self.json_names[i].as_bytes());
+            write_value_json_bytes(&mut out, self.cols[i].ty, next_cell(cells));
         }
-        out.push_str("}}");
-        Ok(out)
+        let mut again = row;
+        self.finish_op(out, json_len, || self.row_json_lossy(|_| Ok(next_cell(&mut again))))
+            .expect("cells decode without errors")
     }
 
     /// The value in a `put` op of this table's (see [`RowJson`]).
@@ -392,6 +458,58 @@ pub struct ReadCache {
     key: String,
     /// Room to reserve for a row's JSON (a little more than the longest so far).
     json_len: usize,
+}
+
+impl ReadCache {
+    /// The key of the row read last ([`TableInfo::read_parts`]).
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Appends a stored value as a cell: a tag byte, then the number (8 bytes) or the length (4
+/// bytes) and bytes of text or blob.
+fn push_cell(cells: &mut Vec<u8>, value: rusqlite::types::ValueRef<'_>) {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => cells.push(0),
+        ValueRef::Integer(n) => {
+            cells.push(1);
+            cells.extend_from_slice(&n.to_le_bytes());
+        }
+        ValueRef::Real(f) => {
+            cells.push(2);
+            cells.extend_from_slice(&f.to_le_bytes());
+        }
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            cells.push(if matches!(value, ValueRef::Text(_)) { 3 } else { 4 });
+            cells.extend_from_slice(&u32::try_from(t.len()).expect("values under 4 GiB").to_le_bytes());
+            cells.extend_from_slice(t);
+        }
+    }
+}
+
+/// The value of the cell `cells` starts with (see [`push_cell`]); `cells` moves past it.
+fn next_cell<'c>(cells: &mut &'c [u8]) -> rusqlite::types::ValueRef<'c> {
+    use rusqlite::types::ValueRef;
+    let (&tag, rest) = cells.split_first().expect("a cell per column");
+    let (value, rest) = match tag {
+        0 => (ValueRef::Null, rest),
+        1 | 2 => {
+            let (n, rest) = rest.split_at(8);
+            let n: [u8; 8] = n.try_into().expect("8 bytes");
+            (if tag == 1 { ValueRef::Integer(i64::from_le_bytes(n)) } else { ValueRef::Real(f64::from_le_bytes(n)) }, rest)
+        }
+        _ => {
+            let (len, rest) = rest.split_at(4);
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let (t, rest) = rest.split_at(len);
+            (if tag == 3 { ValueRef::Text(t) } else { ValueRef::Blob(t) }, rest)
+        }
+    };
+    *cells = rest;
+    value
 }
 
 /// Appends one stored value as the client sees it (see [`TableInfo::write_row_json`]).
