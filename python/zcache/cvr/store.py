@@ -85,7 +85,8 @@ DEFER_ROWS_ABOVE = 100
 # Deferred row records held at most: past this a group's flush waits for its earlier ones to be
 # written, then writes its own at once.
 MAX_DEFERRED_ROWS = 250_000
-DEFERRED_RETRY_MAX_S = 5.0
+# A writer that cannot reach the database tries again after this long.
+DEFERRED_RETRY_S = 1.0
 # On shutdown the writer keeps writing what is deferred for at most this long.
 DEFERRED_DRAIN_S = 5.0
 # A load finding another process's row records behind looks again this often, this many times.
@@ -147,8 +148,8 @@ class CVRStore:
         self.deferred_flushes = 0  # flushes whose row records were deferred (statistics)
         self.rows_behind_attempts = ROWS_BEHIND_ATTEMPTS
         self._lost: set[str] = set()  # groups whose deferred records could not be written
-        # Told when a group's deferred row records could not be written: its clients must sync
-        # again (the group's next load records what the store lacks).
+        # Told when a group's deferred row records could not be written: its clients must start
+        # over (the group's next load is refused).
         self.on_rows_lost: Callable[[str, Exception], None] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -444,7 +445,7 @@ class CVRStore:
     async def write_deferred_rows(self) -> None:
         """The row writer: writes deferred row records, a group's in one transaction, groups in
         the order they were deferred. Runs until cancelled, then goes on with what is left for
-        a few seconds (what a crash loses instead, the groups' next loads mend)."""
+        a few seconds (a group whose records a crash loses is refused at its next load)."""
         self._writer_running = True
         try:
             while True:
@@ -469,7 +470,7 @@ class CVRStore:
         except CVRStoreUnavailable as e:
             # Kept: the group's flushes fail too meanwhile, and reading its rows waits.
             log.warning("client group %s: deferred row records not written yet (%s); retrying", group_id, e)
-            await trio.sleep(min(DEFERRED_RETRY_MAX_S, 0.25 * 2 ** min(len(entries), 4)))
+            await trio.sleep(DEFERRED_RETRY_S)
             return
         except Exception as e:
             log.error("client group %s: deferred row records could not be written: %s", group_id, e)

@@ -321,7 +321,7 @@ class ViewSyncerService:
 
     def _rows_lost(self, group_id: str, error: Exception) -> None:
         """A group's deferred row records could not be written: what the store says its clients
-        have is behind, so they sync again through a fresh load (which records the difference)."""
+        have is behind, so they are sent away (and the group's next load is refused)."""
         group = self.groups.get(group_id)
         if group is not None and self._nursery is not None:
             self._nursery.start_soon(self._fail_group, group, error)
