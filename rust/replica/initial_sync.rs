@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection};
 
 use crate::error::{Error, Result};
@@ -40,6 +39,7 @@ use crate::pg::copy::CopyDecoder;
 use crate::pg::schema::{PublishedSchema, TableSpec};
 use crate::pg::upstream::{ConnectParams, SnapshotReader};
 use crate::pg::values::{decode_binary_ref, SqlValue, SqlValueRef, ValueKind};
+use crate::replica::bulk_insert::{BulkInsert, Cell};
 use crate::replica::layout::{self, quote_ident, METADATA_DDL};
 use crate::replica::table::ReplicaTable;
 use crate::version::lexi_version;
@@ -69,16 +69,6 @@ pub struct ReplicaConfig {
     pub app_id: String,
     pub shard_num: u32,
     pub ddl_detection: bool,
-}
-
-/// One decoded field, ready to bind; text is a range of its batch's `text` (16 bytes: the
-/// queued batches are most of the sync's memory).
-#[derive(Debug, Clone, Copy)]
-enum Cell {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text { start: u32, len: u32 },
 }
 
 /// Whole rows decoded from a table's COPY output by the caller of `copy_chunks`.
@@ -479,8 +469,8 @@ fn unknown_table(oid: u32) -> Error {
 /// whole copy: the statement cache would look each up by its (long) text and clear its bindings
 /// at every use.
 struct Inserts<'c> {
-    many: rusqlite::Statement<'c>,
-    one: rusqlite::Statement<'c>,
+    many: BulkInsert<'c>,
+    one: BulkInsert<'c>,
 }
 
 impl Staging {
@@ -546,16 +536,16 @@ fn insert<'c>(
     let statements = match inserts.entry(oid) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
-            e.insert(Inserts { many: conn.prepare(&copy.insert_sql)?, one: conn.prepare(&copy.insert_one_sql)? })
+            e.insert(Inserts { many: BulkInsert::prepare(conn, &copy.insert_sql)?, one: BulkInsert::prepare(conn, &copy.insert_one_sql)? })
         }
     };
     let columns = copy.columns.max(1);
     let mut groups = rows.cells.chunks_exact(copy.rows_per_insert * columns);
     for group in &mut groups {
-        insert_rows(&mut statements.many, group, &rows.text)?;
+        statements.many.run(group, &rows.text)?;
     }
     for row in groups.remainder().chunks_exact(columns) {
-        insert_rows(&mut statements.one, row, &rows.text)?;
+        statements.one.run(row, &rows.text)?;
     }
     copy.rows += rows.rows;
     Ok(())
@@ -569,21 +559,6 @@ fn index_table(conn: &Connection, copies: &mut HashMap<u32, TableCopy>, oid: u32
         conn.execute_batch("PRAGMA cache_size = -2000;")?;
         copy.indexed = true;
     }
-    Ok(())
-}
-
-/// Binds `cells` (exactly the parameters of `stmt`, a multi-row INSERT) and runs it.
-fn insert_rows(stmt: &mut rusqlite::Statement<'_>, cells: &[Cell], text: &[u8]) -> Result<()> {
-    for (index, cell) in cells.iter().enumerate() {
-        let value = match *cell {
-            Cell::Null => ValueRef::Null,
-            Cell::Integer(i) => ValueRef::Integer(i),
-            Cell::Real(f) => ValueRef::Real(f),
-            Cell::Text { start, len } => ValueRef::Text(&text[start as usize..(start + len) as usize]),
-        };
-        stmt.raw_bind_parameter(index + 1, ToSqlOutput::Borrowed(value))?;
-    }
-    stmt.raw_execute()?;
     Ok(())
 }
 

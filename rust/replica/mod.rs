@@ -2,13 +2,15 @@
 //!
 //! * [`layout`]: the file's tables (one per published table, plus zcache's metadata and change log).
 //! * [`initial_sync`]: a new replica from binary COPY output, built in a staging file and renamed
-//!   into place atomically.
+//!   into place atomically; its rows go in through [`bulk_insert`], a multi-row `INSERT` bound
+//!   through SQLite's C API.
 //! * [`writer`]: applies batches of replication frames, one SQLite transaction per upstream
 //!   transaction, with the watermark and change log.
 //! * [`schema_change`]: follows upstream DDL by diffing published schemas.
 //! * [`indexes`]: secondary indexes the writer builds on request, recorded so they survive
 //!   restarts, dropped before DDL that would fail because of them.
 
+mod bulk_insert;
 pub mod indexes;
 pub mod initial_sync;
 pub mod layout;
