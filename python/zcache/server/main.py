@@ -1,15 +1,10 @@
 """The root of the running server: one Trio nursery that owns every service.
 
 Services start in dependency order with `nursery.start` (each reports ready through
-`task_status`):
-
-1. the replicator (upstream → SQLite replica; ready once a replica exists: after the initial
-   sync on a first start);
-2. the token verifier (JWKS refresh, in JWKS mode);
-3. the mutation service (custom pushes to the app's push URL, CRUD mutations upstream);
-4. the view syncer service (query engine, client groups, CVRs, pokes);
-5. the listener on ZERO_PORT: the sync WebSocket, `GET /` and `GET /keepalive`. It opens last,
-   so a client (or a health check) never reaches a server that cannot serve it yet.
+`task_status`): first the replicator (upstream → SQLite replica; ready once a replica exists:
+after the initial sync on a first start), then the client-facing services of
+`server/services.py`, the listener last. That module is imported in a worker thread while the
+replicator starts: the imports overlap the replicator's round trips to Postgres.
 
 SIGINT/SIGTERM stop it in two steps: the listener stops accepting and closes every client socket
 with 1001 (going away: clients reconnect elsewhere or later), bounded by `SHUTDOWN_TIMEOUT_S`;
@@ -18,42 +13,29 @@ then the root scope is cancelled, so every service's cleanup runs.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from zcache.app_server.api import ApiServer
-from zcache.app_server.http import HttpClient
-from zcache.app_server.queries import QueryTransformer
-from zcache.auth import TokenVerifier
 from zcache.config import ZeroConfig
-from zcache.mutations import MutationService
 from zcache.replica.replicator import Replicator
-from zcache.server.connection import ConnectionRegistry, Edge, EdgeSettings
-from zcache.server.listener import Listener
-from zcache.view_syncer import ViewSyncerService
+
+if TYPE_CHECKING:
+    from zcache.app_server.http import HttpClient
+    from zcache.server.connection import EdgeSettings
+    from zcache.server.services import RunningServer, ShutdownStep
 
 log = logging.getLogger("zcache.server")
 
 SHUTDOWN_TIMEOUT_S: Final = 5.0
-
-ShutdownStep = Callable[[], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class RunningServer:
-    """What `serve` reports once clients can connect."""
-
-    port: int
-    stop: Callable[[], Awaitable[None]]  # the graceful shutdown that SIGINT/SIGTERM also run
-    connections: ConnectionRegistry  # the open client sockets
+SERVICES_MODULE: Final = "zcache.server.services"
 
 
-class _Shutdown:
+class Shutdown:
     """Graceful first (client sockets closed with 1001 while every service still runs), bounded
     by SHUTDOWN_TIMEOUT_S; then the root scope is cancelled."""
 
@@ -87,55 +69,38 @@ async def serve(
 
     `edge_settings` (queue sizes and deadlines of client sockets) defaults to the documented
     constants of `connection.py`; tests shorten them."""
-    if config.upstream.db is None:
+    upstream_dsn = config.upstream.db
+    if upstream_dsn is None:
         raise ValueError("serve() needs an upstream database")
-    http = HttpClient()
+    http: HttpClient | None = None
     try:
         async with trio.open_nursery() as nursery:
-            shutdown = _Shutdown(nursery.cancel_scope)
+            shutdown = Shutdown(nursery.cancel_scope)
             await nursery.start(shutdown.on_signal)
+            services_imported: trio.MemorySendChannel[ModuleType]
+            services_imported, services_arrival = trio.open_memory_channel[ModuleType](1)
+
+            async def import_services() -> None:
+                async with services_imported:
+                    await services_imported.send(await trio.to_thread.run_sync(importlib.import_module, SERVICES_MODULE))
+
+            nursery.start_soon(import_services)
             replicator = await nursery.start(Replicator(config).run)
-            verifier = TokenVerifier.from_config(config, http=http)
-            await nursery.start(verifier.run)
-            mutations = None
-            if config.mutate.url or config.enable_crud_mutations:
-                mutations = await nursery.start(MutationService(config, http=http, upstream_dsn=config.upstream.db).run)
-            transformer = None
-            if config.query.url:
-                api = ApiServer(config.query, http=http, app_id=config.app.id, shard_num=config.shard.num, kind="query")
-                transformer = QueryTransformer(api)
-            view_syncers = ViewSyncerService(
+            async with services_arrival:
+                services = await services_arrival.receive()
+            http = services.HttpClient()
+            running = await services.start(
                 config,
-                replicator=replicator,
-                transformer=transformer,
-                mutations=mutations,
-                cvr_dsn=config.cvr.db or config.upstream.db,
+                replicator,
+                upstream_dsn=upstream_dsn,
+                nursery=nursery,
+                http=http,
+                graceful_steps=shutdown.graceful,
+                stop=shutdown.stop,
+                edge_settings=edge_settings,
             )
-            await nursery.start(view_syncers.run)
-            connections = ConnectionRegistry()
-            edge = Edge(
-                verifier,
-                view_syncers,
-                connections,
-                edge_settings or EdgeSettings(),
-                compression=config.websocket_compression,
-            )
-            listener = Listener(
-                edge,
-                port=config.port,
-                max_message_bytes=config.websocket_max_payload_bytes,
-                ready=view_syncers.ready,
-                keepalive_timeout_s=None if config.keepalive_timeout_ms is None else config.keepalive_timeout_ms / 1000,
-                on_heartbeats_stopped=lambda: nursery.start_soon(shutdown.stop),
-            )
-            shutdown.graceful.append(listener.shutdown)
-            port = await nursery.start(listener.run)
-            log.info(
-                "zcache running (replica at version %s); sync clients connect to http://localhost:%d; stop with Ctrl-C",
-                replicator.statistics().state_version,
-                port,
-            )
-            task_status.started(RunningServer(port, shutdown.stop, connections))
+            task_status.started(running)
     finally:
-        with trio.CancelScope(shield=True):
-            await http.aclose()
+        if http is not None:
+            with trio.CancelScope(shield=True):
+                await http.aclose()
