@@ -1,6 +1,7 @@
 """Sync-server benchmarks: hydration, commit → client, many clients, fan-out, memory.
 
     .venv/bin/python bench/view_syncer.py [--users 10000] [--clients 1000] [--fanout 500] [--unloading 20] [--json out.json]
+                                         [--only hydrate,commit,unload,clients] [--phases]
 
 A throwaway PostgreSQL cluster (system binaries, fsync ON, as in the reference figures) gets the
 tldraw schema and the reference data set (`zcache.demo_data`: 10k users, 100k files, 200k file
@@ -19,6 +20,13 @@ Baselines measured in the same run:
 * many clients, fan-out: zero-cache's figures from reference-figures.md (not measurable here).
 
 Each figure is printed with its ratio to zero-cache's. See bench/README.md.
+
+`--only` runs some of the steps (`clients` is the many-clients step, the fan-out and the memory
+after all left). `--phases` splits each commit → client sample at the points where the path
+changes hands: the replicator publishes the new version, the advance batch calls the engine, the
+engine returns, the CVR flush starts and returns, the client has `pokeEnd`. The timestamps come
+from wrappers this script puts around those public calls (`VersionNotifier.publish`,
+`ViewSyncerService.engine_advance`, `CVRStore.flush`): nothing changes in a run without it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import statistics
@@ -157,6 +166,9 @@ class Run:
         self.replicator = replicator
         self.upstream = psycopg.connect(dsn, autocommit=True)
         self.inboxes: list[trio.MemorySendChannel[UpstreamMessage]] = []
+        self.phases: PhaseClock | None = None
+        self.phase_samples: list[dict[str, float]] = []
+        self.phases_missed = 0
 
     async def connect(self, client: BenchClient, ast: dict[str, Any] | None) -> trio.MemorySendChannel[UpstreamMessage]:
         """Serves `client`, asking for `ast` in its `initConnection` (None: no query); returns its inbox."""
@@ -232,10 +244,78 @@ async def hydration(run: Run, users: int, samples: int) -> dict[str, Any]:
     return out
 
 
+# The commit → client path, in order: where each phase ends (`PhaseClock`), and its name.
+PHASES = (
+    ("replica", "commit → replica applied"),
+    ("advance_start", "replica → advance start"),
+    ("advance_end", "advance (engine, thread hop)"),
+    ("flush_start", "poke build"),
+    ("flush_end", "CVR flush"),
+    ("poke_end", "delivery to the client"),
+)
+
+
+class PhaseClock:
+    """Timestamps where a commit's path changes hands, from wrappers around the calls that hand
+    it on (installed on these instances only, by `--phases`)."""
+
+    def __init__(self, replicator: Replicator, service: ViewSyncerService) -> None:
+        self.events: list[tuple[str, float]] = []
+        stamp = self.events.append
+        versions = replicator.versions
+        publish = versions.publish
+        engine_advance = service.engine_advance
+        flush = service.store.flush
+
+        def timed_publish(version: str) -> None:
+            if version != versions.version:
+                stamp(("replica", time.perf_counter()))
+            publish(version)
+
+        async def timed_engine_advance(group_ids: list[str]) -> Any:
+            stamp(("advance_start", time.perf_counter()))
+            try:
+                return await engine_advance(group_ids)
+            finally:
+                stamp(("advance_end", time.perf_counter()))
+
+        async def timed_flush(flushes: Any) -> set[str]:
+            stamp(("flush_start", time.perf_counter()))
+            try:
+                return await flush(flushes)
+            finally:
+                stamp(("flush_end", time.perf_counter()))
+
+        versions.publish = timed_publish  # type: ignore[method-assign]
+        service.engine_advance = timed_engine_advance  # type: ignore[method-assign]
+        service.store.flush = timed_flush  # type: ignore[method-assign]
+
+    def split(self, since: int, committed: float, poke_end: float) -> dict[str, float] | None:
+        """One sample's phases (seconds), from the first of each timestamp after the commit in
+        path order; None when one is missing (a deferred advance of a busy group has no
+        `engine_advance`) or came before the commit's own: `committed` is read in the thread
+        that ran the UPDATE once it has the GIL back, which under load can be after the
+        replicator, even the client, had the change."""
+        ends: dict[str, float] = {}
+        events = iter(self.events[since:])
+        for name, _ in PHASES[:-1]:
+            ends[name] = next((t for n, t in events if n == name and t >= committed), math.nan)
+        ends["poke_end"] = poke_end
+        if any(math.isnan(t) or t > poke_end for t in ends.values()):
+            return None
+        out, start = {}, committed
+        for name, _ in PHASES:
+            out[name] = ends[name] - start
+            start = ends[name]
+        return out
+
+
 async def one_commit(run: Run, client: BenchClient, file_id: str, name: str) -> tuple[float, float | None]:
     """Commits one single-row UPDATE of a row `client` watches; returns commit → the client's
-    `pokeEnd` and commit → the replica's watermark (None if the poke came first)."""
+    `pokeEnd` and commit → the replica's watermark (None if the poke came first). With a
+    `PhaseClock`, the sample's phases go to `run.phase_samples`."""
     poked = client.poked
+    since = len(run.phases.events) if run.phases is not None else 0
     # In a thread: a blocking commit would stall the loop that delivers the poke.
     lsn, committed = await trio.to_thread.run_sync(run.update, name, file_id)
     replicated: float | None = None
@@ -255,6 +335,12 @@ async def one_commit(run: Run, client: BenchClient, file_id: str, name: str) -> 
             watchers.start_soon(replica_reached)
             await poked.wait()
             watchers.cancel_scope.cancel()
+    if run.phases is not None:
+        split = run.phases.split(since, committed, client.pokes[-1])
+        if split is None:
+            run.phases_missed += 1
+        else:
+            run.phase_samples.append(split)
     return client.pokes[-1] - committed, None if replicated is None else replicated - committed
 
 
@@ -268,8 +354,11 @@ async def watching_client(run: Run, name: str, owner: str) -> tuple[BenchClient,
     return client, file_id
 
 
-async def commit_to_client(run: Run, updates: int) -> dict[str, Any]:
+async def commit_to_client(run: Run, updates: int, phases: bool) -> dict[str, Any]:
     client, file_id = await watching_client(run, "cc", user_id(3))
+    if phases:
+        run.phases = PhaseClock(run.replicator, run.service)
+    receiving = run.replicator.statistics()
     to_client, to_replica = [], []
     for i in range(updates):
         latency, replicated = await one_commit(run, client, file_id, f"bench {i}")
@@ -277,7 +366,17 @@ async def commit_to_client(run: Run, updates: int) -> dict[str, Any]:
         if replicated is not None:
             to_replica.append(replicated)
         await trio.sleep(0.02)
-    return {"commit_to_client": to_client, "commit_to_replica": to_replica}
+    out: dict[str, Any] = {"commit_to_client": to_client, "commit_to_replica": to_replica}
+    if phases:
+        out["commit_phases"] = run.phase_samples
+        out["commit_phases_missed"] = run.phases_missed
+        # The replicator's receive pauses over these updates (absent from builds before they were counted).
+        after = run.replicator.statistics()
+        for counter in ("receive_pauses", "receive_pauses_ended_by_apply"):
+            if hasattr(after, counter):
+                out[counter] = getattr(after, counter) - getattr(receiving, counter)
+        run.phases = None
+    return out
 
 
 async def commit_while_groups_unload(run: Run, users: int, big_groups: int, seconds: float) -> dict[str, Any]:
@@ -358,27 +457,31 @@ async def main_async(args: argparse.Namespace, dsn: str, workdir: Path) -> dict[
         await nursery.start(service.run)
         run = Run(nursery, service, replicator, dsn)
         await trio.sleep(1)
-        say("hydration")
-        results.update(await hydration(run, args.users, args.samples))
-        await run.disconnect_all()
-        say("commit → client")
-        results.update(await commit_to_client(run, args.updates))
-        await run.disconnect_all()
-        say(f"commit → client while {args.unloading} groups of 10k rows unload")
-        results.update(await commit_while_groups_unload(run, args.users, args.unloading, args.unloading_s))
-        await run.disconnect_all()
-        await trio.sleep(3)
-        say(f"{args.clients} clients at once")
-        clients = [BenchClient(f"m{i}", f"gm{i}", f"qm{i}") for i in range(args.clients)]
-        results.update(await many_clients(run, clients, args.users))
-        say(f"fan-out to {args.fanout}")
-        results.update(await fanout(run, clients, args.fanout, args.users))
-        await run.disconnect_all()
-        await trio.sleep(4)
-        gc.collect()
-        results["rss_after_leave_mb"] = rss_mb()
-        results["groups_after_leave"] = len(service.groups)
-        results["engine_after_leave"] = await trio.to_thread.run_sync(lambda: dict(_native.QueryEngine.statistics(service._engine)))  # type: ignore[arg-type]
+        if "hydrate" in args.only:
+            say("hydration")
+            results.update(await hydration(run, args.users, args.samples))
+            await run.disconnect_all()
+        if "commit" in args.only:
+            say("commit → client" + (", in phases" if args.phases else ""))
+            results.update(await commit_to_client(run, args.updates, args.phases))
+            await run.disconnect_all()
+        if "unload" in args.only:
+            say(f"commit → client while {args.unloading} groups of 10k rows unload")
+            results.update(await commit_while_groups_unload(run, args.users, args.unloading, args.unloading_s))
+            await run.disconnect_all()
+            await trio.sleep(3)
+        if "clients" in args.only:
+            say(f"{args.clients} clients at once")
+            clients = [BenchClient(f"m{i}", f"gm{i}", f"qm{i}") for i in range(args.clients)]
+            results.update(await many_clients(run, clients, args.users))
+            say(f"fan-out to {args.fanout}")
+            results.update(await fanout(run, clients, args.fanout, args.users))
+            await run.disconnect_all()
+            await trio.sleep(4)
+            gc.collect()
+            results["rss_after_leave_mb"] = rss_mb()
+            results["groups_after_leave"] = len(service.groups)
+            results["engine_after_leave"] = await trio.to_thread.run_sync(lambda: dict(_native.QueryEngine.statistics(service._engine)))  # type: ignore[arg-type]
         run.upstream.close()
         nursery.cancel_scope.cancel()
     return results
@@ -391,26 +494,67 @@ def p(values: list[float], q: float) -> float:
 
 def report(r: dict[str, Any]) -> None:
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
-    rows = [
+    rows: list[tuple[str, str, str, str]] = []
+    if "hydrate_10" in r:
+        rows += hydration_rows(r, ms)
+    if "commit_to_client" in r:
+        rows.append(
+            ("commit → client (p50 / p99)", f"{ms(p(r['commit_to_client'], .5))} / {ms(p(r['commit_to_client'], .99))}",
+             f"commit → replica {ms(p(r['commit_to_replica'], .5))}" if r["commit_to_replica"] else "-", f"{p(r['commit_to_client'], .5) / REFERENCE['commit_p50']:.2f}"))
+    if "commit_while_unloading" in r:
+        rows.append(
+            (f"commit → client while {r['unloading_groups']} 10k-row groups unload (p50 / p99 / max)",
+             f"{ms(p(r['commit_while_unloading'], .5))} / {ms(p(r['commit_while_unloading'], .99))} / {ms(max(r['commit_while_unloading']))}",
+             f"the commit → client row above; {r['groups_left']} groups still loaded at the end", f"{p(r['commit_while_unloading'], .5) / REFERENCE['commit_p50']:.2f}"))
+    if "all_hydrated_s" in r:
+        rows += [
+            (f"{r['clients']} clients hydrated", f"{r['all_hydrated_s']:.2f} s, {r['mb_per_group']:.2f} MB/group", "zero-cache 500: 35.1 s, 17.5 MB/group", "-"),
+            (f"fan-out to {r['fanout_clients']}", f"{r['fanout_s'] * 1000:.0f} ms", "zero-cache 500: 8.1 s", f"{r['fanout_s'] / REFERENCE['fanout_500']:.3f}"),
+            ("memory after all left", f"{r['rss_after_leave_mb']:.0f} MB RSS, {r['groups_after_leave']} groups", f"before clients {r['rss_before_mb']:.0f} MB, with them {r['rss_after_mb']:.0f} MB", "-"),
+        ]
+    width = max(len(x[0]) for x in rows)
+    print(f"\n{'what':<{width}}  zcache  |  baseline (same run)  |  ratio to zero-cache")
+    for what, value, baseline, ratio in rows:
+        print(f"{what:<{width}}  {value}  |  {baseline}  |  {ratio}")
+    if "commit_phases" in r:
+        report_phases(r, ms)
+
+
+def report_phases(r: dict[str, Any], ms: Any) -> None:
+    samples = r["commit_phases"]
+    print(f"\ncommit → client in phases ({len(samples)} samples, {r['commit_phases_missed']} not split: a timestamp missing, or the commit's read late; p50 and p99 of each phase, they do not add up)")
+    if not samples:
+        return
+    width = max(len(label) for _, label in PHASES)
+    for name, label in PHASES:
+        values = [s[name] for s in samples]
+        print(f"  {label:<{width}}  {ms(p(values, .5)):>9}  {ms(p(values, .99)):>9}")
+    total = [sum(s.values()) for s in samples]
+    print(f"  {'commit → client':<{width}}  {ms(p(total, .5)):>9}  {ms(p(total, .99)):>9}")
+    if "receive_pauses" in r:
+        print(f"  replicator receive pauses: {r['receive_pauses']}, of which ended by the applying task coming back: {r['receive_pauses_ended_by_apply']}")
+
+
+def hydration_rows(r: dict[str, Any], ms: Any) -> list[tuple[str, str, str, str]]:
+    return [
         ("hydration, 10 rows (p50 / p90)", f"{ms(p(r['hydrate_10'], .5))} / {ms(p(r['hydrate_10'], .9))}",
          f"Postgres {ms(p(r['postgres_10'], .5))}, engine {ms(p(r['engine_10'], .5))}", f"{p(r['hydrate_10'], .5) / REFERENCE['hydrate_10']:.2f}"),
         ("hydration, 10 rows, query after connect (p50 / p90)", f"{ms(p(r['hydrate_10_change'], .5))} / {ms(p(r['hydrate_10_change'], .9))}",
          "changeDesiredQueries → got (the real client's way)", f"{p(r['hydrate_10_change'], .5) / REFERENCE['hydrate_10']:.2f}"),
         ("hydration, 10k rows (p50)", ms(p(r["hydrate_10k"], .5)),
          f"Postgres {ms(p(r['postgres_10k'], .5))}, engine {ms(p(r['engine_10k'], .5))}", f"{p(r['hydrate_10k'], .5) / REFERENCE['hydrate_10k']:.2f}"),
-        ("commit → client (p50 / p99)", f"{ms(p(r['commit_to_client'], .5))} / {ms(p(r['commit_to_client'], .99))}",
-         f"commit → replica {ms(p(r['commit_to_replica'], .5))}" if r["commit_to_replica"] else "-", f"{p(r['commit_to_client'], .5) / REFERENCE['commit_p50']:.2f}"),
-        (f"commit → client while {r['unloading_groups']} 10k-row groups unload (p50 / p99 / max)",
-         f"{ms(p(r['commit_while_unloading'], .5))} / {ms(p(r['commit_while_unloading'], .99))} / {ms(max(r['commit_while_unloading']))}",
-         f"the commit → client row above; {r['groups_left']} groups still loaded at the end", f"{p(r['commit_while_unloading'], .5) / REFERENCE['commit_p50']:.2f}"),
-        (f"{r['clients']} clients hydrated", f"{r['all_hydrated_s']:.2f} s, {r['mb_per_group']:.2f} MB/group", "zero-cache 500: 35.1 s, 17.5 MB/group", "-"),
-        (f"fan-out to {r['fanout_clients']}", f"{r['fanout_s'] * 1000:.0f} ms", "zero-cache 500: 8.1 s", f"{r['fanout_s'] / REFERENCE['fanout_500']:.3f}"),
-        ("memory after all left", f"{r['rss_after_leave_mb']:.0f} MB RSS, {r['groups_after_leave']} groups", f"before clients {r['rss_before_mb']:.0f} MB, with them {r['rss_after_mb']:.0f} MB", "-"),
     ]
-    width = max(len(x[0]) for x in rows)
-    print(f"\n{'what':<{width}}  zcache  |  baseline (same run)  |  ratio to zero-cache")
-    for what, value, baseline, ratio in rows:
-        print(f"{what:<{width}}  {value}  |  {baseline}  |  {ratio}")
+
+
+STEPS = ("hydrate", "commit", "unload", "clients")
+
+
+def steps(text: str) -> tuple[str, ...]:
+    chosen = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"steps are {','.join(STEPS)}; got {text!r}")
+    return chosen
 
 
 def main() -> int:
@@ -423,6 +567,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--fanout", type=int, default=500)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", type=steps, default=STEPS, help=f"comma-separated steps to run, of {','.join(STEPS)} (default: all)")
+    parser.add_argument("--phases", action="store_true", help="split each commit → client sample into its phases (p50 / p99 of each)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="zcache-bench-vs-") as tmp:
         workdir = Path(tmp)

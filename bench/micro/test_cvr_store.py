@@ -74,12 +74,12 @@ def _instance(group: str, version: int, client_schema: dict[str, Any] | None = N
 
 def test_flush_of_an_advance(benchmark: Any, store: tuple[CVRStore, psycopg.Connection]) -> None:
     cvr, conn = store
-    cvr._flush(conn, [CVRFlush(_instance("g", 1), None)])
+    cvr._flush(conn, [CVRFlush(_instance("g", 1), None)], deferred=set())
     versions = itertools.count(1)
 
     def flush() -> None:
         v = next(versions)
-        assert not cvr._flush(conn, [CVRFlush(_instance("g", v + 1), CVRVersion(_native.lexi_version(v)))])
+        assert not cvr._flush(conn, [CVRFlush(_instance("g", v + 1), CVRVersion(_native.lexi_version(v)))], deferred=set())
 
     benchmark.pedantic(flush, rounds=300, warmup_rounds=10)
 
@@ -90,7 +90,7 @@ def test_flush_of_an_advance_with_a_client_schema(
 ) -> None:
     cvr, conn = store
     group = f"schema-{schema_written}"
-    cvr._flush(conn, [CVRFlush(_instance(group, 1, TLDRAW_CLIENT_SCHEMA), None)])
+    cvr._flush(conn, [CVRFlush(_instance(group, 1, TLDRAW_CLIENT_SCHEMA), None)], deferred=set())
     versions = itertools.count(1)
 
     def flush() -> None:
@@ -98,7 +98,7 @@ def test_flush_of_an_advance_with_a_client_schema(
         advance = CVRFlush(
             _instance(group, v + 1, TLDRAW_CLIENT_SCHEMA), CVRVersion(_native.lexi_version(v)), write_client_schema=schema_written
         )
-        assert not cvr._flush(conn, [advance])
+        assert not cvr._flush(conn, [advance], deferred=set())
 
     benchmark.pedantic(flush, rounds=300, warmup_rounds=10)
 

@@ -9,6 +9,10 @@
    another applies what has arrived (the whole backlog as one batch, by Rust in a worker thread),
    then confirms the durable LSN upstream and publishes the new state version. So Postgres keeps
    decoding and sending while a batch is applied, and a backlog is applied in large batches.
+   While a batch is applied and the next one has started filling, the receiver reads the socket
+   at most every RECEIVE_PAUSE_S. The applying task never waits for that pause: coming back for
+   more, it ends the pause and takes what the socket holds by then too (e.g. the rest of a
+   transaction whose Commit had not been read yet).
 
 Invariants:
 - Upstream is told `flush = ack_lsn` only after Rust has committed those transactions durably, so
@@ -50,8 +54,9 @@ log = logging.getLogger("zcache.replicator")
 # applied in well under a second.
 MAX_BATCH_FRAMES = 20_000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
-# While a batch is being applied, the receiver reads the socket at most this often: the walsender
-# sends a few frames at a time, and waking for each few costs more than reading them.
+# While a batch is being applied and the next one has started, the receiver reads the socket at
+# most this often: the walsender sends a few frames at a time, and waking for each few costs more
+# than reading them.
 RECEIVE_PAUSE_S = 0.005
 # Status updates well inside wal_sender_timeout (60 s by default), and while idle.
 STATUS_INTERVAL_S = 10.0
@@ -74,6 +79,16 @@ class ReplicatorStatistics:
     rows: int
     reconnects: int
     resyncs: int
+    receive_pauses: int
+    receive_pauses_ended_by_apply: int
+
+
+@dataclass
+class _ReceiveCounts:
+    """The receive pause's counters, across reconnections."""
+
+    pauses: int = 0  # the receiving task paused while a batch was applied
+    ended_by_apply: int = 0  # the applying task came back during the pause and ended it
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,7 @@ class _Backlog:
     task takes all of it as its next batch. Bounded: when full, the receiver waits until the
     backlog is taken, so the socket is not read and the walsender is held back (backpressure)."""
 
-    def __init__(self, max_frames: int, max_bytes: int) -> None:
+    def __init__(self, max_frames: int, max_bytes: int, counts: _ReceiveCounts | None = None) -> None:
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._frames: list[bytes] = []
@@ -125,6 +140,12 @@ class _Backlog:
         self._taken = trio.Event()
         # The applying task took frames and has not come back for more yet.
         self.applying = False
+        # The receiver's pause, ended by the applying task coming back; that task then waits for
+        # the receiver's next `put` (`_handed_over`), which brings what the socket held by then.
+        self._pausing = False
+        self._back = trio.Event()
+        self._handed_over: trio.Event | None = None
+        self.counts = counts if counts is not None else _ReceiveCounts()
 
     def room(self) -> tuple[int, int]:
         """How many more frames, and bytes, the backlog takes."""
@@ -136,12 +157,43 @@ class _Backlog:
             self._frames.extend(frames)
             self._bytes += sum(map(len, frames))
             self._arrived.set()
+        if self._handed_over is not None:
+            self._handed_over.set()
+            self._handed_over = None
         while min(self.room()) <= 0:
             await self._taken.wait()
 
+    def pause_helps(self) -> bool:
+        """Whether the receiver should pause before reading more: only while a batch is applied
+        and the next one has started. While the next one is empty, what arrives is what the
+        applying task needs as soon as it is back (the rest of a transaction whose Commit has not
+        been read, or the next transaction): it is read at once."""
+        return self.applying and bool(self._frames)
+
+    async def pause(self, timeout_s: float) -> bool:
+        """Waits up to `timeout_s`, or until the applying task comes back for more. Returns
+        whether it came back: it then waits for the receiver's next `put`, which must bring what
+        the socket holds without waiting for more."""
+        self.counts.pauses += 1
+        self._back = trio.Event()
+        self._pausing = True
+        try:
+            with trio.move_on_after(timeout_s):
+                await self._back.wait()
+        finally:
+            self._pausing = False
+        if self._back.is_set():
+            self.counts.ended_by_apply += 1
+        return self._back.is_set()
+
     async def take(self, timeout_s: float) -> list[bytes]:
-        """Every frame in the backlog, waiting up to `timeout_s` for one (else [])."""
+        """Every frame in the backlog, waiting up to `timeout_s` for one (else []). During a
+        receive pause, also what the receiver reads from the socket then (one read, no waiting)."""
         self.applying = False
+        if self._pausing:
+            self._handed_over = trio.Event()
+            self._back.set()
+            await self._handed_over.wait()
         with trio.move_on_after(timeout_s):
             await self._arrived.wait()
         frames, self._frames, self._bytes = self._frames, [], 0
@@ -177,6 +229,7 @@ class Replicator:
         self._rows = 0
         self._reconnects = 0
         self._resyncs = 0
+        self._receive_counts = _ReceiveCounts()
         # Index requests (table, columns): all that were made (carried into a resynced replica)
         # and those the writer has yet to build, between two batches.
         self._indexes: list[tuple[str, list[str]]] = []
@@ -210,6 +263,8 @@ class Replicator:
             rows=self._rows,
             reconnects=self._reconnects,
             resyncs=self._resyncs,
+            receive_pauses=self._receive_counts.pauses,
+            receive_pauses_ended_by_apply=self._receive_counts.ended_by_apply,
         )
 
     async def slot_health(self) -> SlotHealth:
@@ -337,7 +392,7 @@ class Replicator:
         stream = await ReplicationStream.open(self._dsn, start)
         log.info("streaming from slot %s at %s", start.slot, _native.format_lsn(start.start_lsn))
         self._durable_lsn = start.start_lsn
-        backlog = _Backlog(MAX_BATCH_FRAMES, MAX_BATCH_BYTES)
+        backlog = _Backlog(MAX_BATCH_FRAMES, MAX_BATCH_BYTES, self._receive_counts)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, stream, backlog)
@@ -353,10 +408,12 @@ class Replicator:
 
     async def _receive(self, stream: ReplicationStream, backlog: _Backlog) -> None:
         while True:
-            if backlog.applying:
-                await trio.sleep(RECEIVE_PAUSE_S)
+            wait_s = math.inf
+            if backlog.pause_helps() and await backlog.pause(RECEIVE_PAUSE_S):
+                # The applying task ended the pause and waits for this read: what has arrived, now.
+                wait_s = 0.0
             max_frames, max_bytes = backlog.room()
-            frames = await stream.read_batch(max_frames=max_frames, max_bytes=max_bytes, timeout_s=math.inf)
+            frames = await stream.read_batch(max_frames=max_frames, max_bytes=max_bytes, timeout_s=wait_s)
             if frames and wants_reply(frames[-1]):
                 await stream.send_status(self._durable_lsn)
             await backlog.put(frames)
