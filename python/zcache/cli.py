@@ -34,12 +34,12 @@ DEV_DIR_ENV = "ZCACHE_DEV_DIR"
 DEV_DATABASE = "zcache"
 DEV_DEMO_USERS = 20
 # The cyclic collector's thresholds for the server process. With the defaults (700, 10, 10) the
-# collector took ~45% of the event loop's CPU while 1,000 clients connected at once (bench/README,
-# "Sync server end to end"): every socket's tasks, channels and parsed messages outlive a few
-# hundred allocations, are promoted, and die in the older generations, whose collections then
-# traverse every connection's state again, a full one (~0.4 s) every few seconds. Collecting the
-# youngest generation every 50,000 net allocations lets most of that die by reference count
-# before promotion; cyclic garbage is still reclaimed, a little later.
+# collector took 3.5–4.7 s of the event loop's ~11–13 CPU-s while 1,000 clients connected at once
+# (bench/README, "Sync server end to end"): every socket's tasks, channels and parsed messages
+# outlive a few hundred allocations, are promoted, and die in the older generations, whose
+# collections traverse every connection's state again, a full one (0.2–0.5 s) every few seconds.
+# Collecting the youngest generation every 50,000 net allocations lets most of that die by
+# reference count before promotion; cyclic garbage is still reclaimed, a little later.
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
