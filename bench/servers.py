@@ -175,3 +175,12 @@ def tree_cpu_s(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
     return total / CLK_TCK
+
+
+def main_thread_cpu_s(pid: int) -> float:
+    """utime + stime of the process's main thread (for zcache: the Trio event loop, where the edge
+    and the view syncer's Python run; worker threads do the engine's and the CVR's calls)."""
+    with contextlib.suppress(OSError, IndexError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0

@@ -13,7 +13,8 @@ Each TCP connection's request head is read with h11 (at most `MAX_HEAD_BYTES`, w
   a wrong path is closed with 1002 and the reason, as zero-cache does;
 * anything else → 404.
 
-Connections run in a nursery of their own, so `shutdown` can stop accepting, close every open
+Connections run in a nursery of their own (with one more task, the idle pongs of every registered
+socket: `connection.send_idle_pongs`), so `shutdown` can stop accepting, close every open
 socket with 1001 (going away) and give them `SHUTDOWN_GRACE_S` to finish before cancelling them.
 A failure inside one connection is logged and ends that connection only.
 """
@@ -29,7 +30,7 @@ import h11
 import trio
 
 from zcache.server import protocol
-from zcache.server.connection import GOING_AWAY_CLOSE_CODE, Edge, serve_socket
+from zcache.server.connection import GOING_AWAY_CLOSE_CODE, Edge, send_idle_pongs, serve_socket
 from zcache.server.websocket import upgrade
 
 log = logging.getLogger("zcache.listener")
@@ -62,12 +63,14 @@ class Listener:
         self._accepting: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._stopped = trio.Event()
+        self._idle_pongs = trio.CancelScope()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves until `shutdown`; reports the bound port (useful with port 0)."""
         try:
             async with trio.open_nursery() as connections:
                 self._nursery = connections
+                connections.start_soon(self._send_idle_pongs)
                 with trio.CancelScope() as accepting:
                     self._accepting = accepting
                     async with trio.open_nursery() as acceptor:
@@ -82,7 +85,12 @@ class Listener:
         finally:
             self._stopped.set()
 
+    async def _send_idle_pongs(self) -> None:
+        with self._idle_pongs:
+            await send_idle_pongs(self._edge.registry, self._edge.settings)
+
     async def _close_connections(self, connections: trio.Nursery) -> None:
+        self._idle_pongs.cancel()  # the closing sockets' tasks are what the grace period waits for
         open_connections = self._edge.registry.connections()
         if open_connections:
             log.info("closing %d client connections", len(open_connections))
