@@ -94,15 +94,16 @@ class ApplyOutcome:
     """What one :meth:`ReplicaWriter.apply_frames` call did."""
 
     transactions: int
-    """Upstream transactions made durable by the call."""
+    """Upstream transactions committed by the call."""
     rows: int
-    """Row changes applied (durable, or pending in an open upstream transaction)."""
+    """Row changes applied (committed, or pending in an open upstream transaction)."""
     skipped_transactions: int
     """Transactions skipped because the replica already had them (a resumed stream)."""
     state_version: str
-    """The replica's durable state version (LexiVersion of the last commit LSN)."""
+    """The replica's committed state version (LexiVersion of the last commit LSN)."""
     ack_lsn: int
-    """The LSN that may be confirmed upstream as flushed."""
+    """The LSN that may be confirmed upstream as flushed once a :meth:`ReplicaWalSync.sync`
+    started after this call has returned."""
     in_transaction: bool
     """An upstream transaction is still open; its Commit arrives in a later batch."""
     reply_requested: bool
@@ -110,11 +111,20 @@ class ApplyOutcome:
     schema_changed: bool
     """A replicated table's schema changed (DDL) in the batch."""
 
+class ReplicaWalSync:
+    """Syncs a replica's WAL file to the disk, from any thread (GIL released)."""
+
+    def sync(self) -> None:
+        """Return once every commit made before the call is on the disk. Raises
+        :class:`ReplicaStorageError` naming the file if the sync fails."""
+
 class ReplicaWriter:
     """Applies the replication stream to an existing replica (one writer per replica file).
 
     Each upstream transaction lands in one SQLite transaction with its watermark and change-log
-    entries; commits are durable before :attr:`ApplyOutcome.ack_lsn` reports them. Transactions
+    entries. A commit is visible to readers (and survives a crash of the process) when
+    :meth:`apply_frames` returns, and on the disk once :meth:`wal_sync`'s ``sync`` has run after
+    it (see :attr:`ApplyOutcome.ack_lsn`). Transactions
     the replica already has are skipped. On error the open transaction is rolled back and the
     writer reloads its state from the file.
     """
@@ -126,6 +136,9 @@ class ReplicaWriter:
 
     def apply_frames(self, frames: Sequence[bytes | bytearray]) -> ApplyOutcome:
         """Decode and apply a batch of replication CopyData frames (GIL released)."""
+
+    def wal_sync(self) -> ReplicaWalSync:
+        """What syncs this replica's commits to the disk, usable while a batch is applied."""
 
     def reset_session(self) -> None:
         """Forget the replication session after a disconnect: roll back an open upstream

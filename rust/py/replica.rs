@@ -71,6 +71,22 @@ impl From<replica::ApplyOutcome> for ApplyOutcome {
 #[pyclass(module = "zcache._native")]
 pub struct ReplicaWriter {
     inner: Mutex<replica::ReplicaWriter>,
+    path: PathBuf,
+}
+
+/// Syncs a replica's WAL to the disk (`replica::WalSync`): a separate object, so that a sync runs
+/// in one thread while the writer applies the next batch in another.
+#[pyclass(module = "zcache._native", frozen)]
+pub struct ReplicaWalSync {
+    inner: replica::WalSync,
+}
+
+#[pymethods]
+impl ReplicaWalSync {
+    /// Returns once every commit made before the call is on the disk.
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.sync().map_err(PyErr::from))
+    }
 }
 
 #[pymethods]
@@ -78,7 +94,12 @@ impl ReplicaWriter {
     #[new]
     fn new(py: Python<'_>, path: PathBuf, ddl_message_prefix: String) -> PyResult<Self> {
         let writer = py.detach(|| replica::ReplicaWriter::open(&path, &ddl_message_prefix))?;
-        Ok(ReplicaWriter { inner: Mutex::new(writer) })
+        Ok(ReplicaWriter { inner: Mutex::new(writer), path })
+    }
+
+    /// What makes this writer's commits durable (see `ApplyOutcome.ack_lsn`).
+    fn wal_sync(&self) -> ReplicaWalSync {
+        ReplicaWalSync { inner: replica::WalSync::new(&self.path) }
     }
 
     fn apply_frames(&self, py: Python<'_>, frames: Vec<PyBackedBytes>) -> PyResult<ApplyOutcome> {
@@ -230,6 +251,7 @@ impl InitialSync {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ApplyOutcome>()?;
     m.add_class::<ReplicaWriter>()?;
+    m.add_class::<ReplicaWalSync>()?;
     m.add_class::<InitialSync>()?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!   through SQLite's C API.
 //! * [`writer`]: applies batches of replication frames, one SQLite transaction per upstream
 //!   transaction, with the watermark and change log.
+//! * [`wal_sync`]: makes the writer's commits durable from another thread, before upstream is told.
 //! * [`schema_change`]: follows upstream DDL by diffing published schemas.
 //! * [`indexes`]: secondary indexes the writer builds on request, recorded so they survive
 //!   restarts, dropped before DDL that would fail because of them.
@@ -16,7 +17,9 @@ pub mod initial_sync;
 pub mod layout;
 pub mod schema_change;
 pub mod table;
+pub mod wal_sync;
 pub mod writer;
 
 pub use initial_sync::{InitialSync, ReplicaConfig};
+pub use wal_sync::WalSync;
 pub use writer::{ApplyOutcome, ReplicaWriter};

@@ -10,15 +10,16 @@
 //!   transaction of its own, which stays open until its Commit arrives in a later batch. So a
 //!   reader never sees part of an upstream transaction, and a crash loses nothing that was
 //!   acknowledged.
-//! * Commits are durable (`synchronous = FULL`) before [`ApplyOutcome::ack_lsn`] reports them, so
-//!   Python may confirm that LSN upstream.
+//! * Commits are visible to readers (and survive a crash of the process) when `apply_frames`
+//!   returns, but reach the disk later (`synchronous = NORMAL`): [`ApplyOutcome::ack_lsn`] may be
+//!   confirmed upstream once a [`crate::replica::WalSync::sync`] started after that call returned.
 //! * A transaction whose commit LSN is not above the replica's state version was applied before
 //!   (a restart resumed slightly behind); it is skipped, so nothing is applied twice.
 //! * Schema changes arrive as the shard's DDL messages (see `upstream.py`) and are applied by
 //!   diffing published schemas (`replica::schema_change`). A change the replica cannot follow
 //!   without re-reading upstream data fails with [`Error::ResyncRequired`].
 //! * On any error the open SQLite transaction is rolled back and the in-memory state reloaded
-//!   from the file, so the writer stays consistent with what is durable.
+//!   from the file, so the writer stays consistent with what is committed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,16 +40,17 @@ use crate::version::{lexi_version, parse_lexi_version};
 /// What one [`ReplicaWriter::apply_frames`] call did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ApplyOutcome {
-    /// Upstream transactions made durable by this call.
+    /// Upstream transactions committed by this call.
     pub transactions: u64,
-    /// Row changes (insert, update, delete) applied by this call, durable or not yet.
+    /// Row changes (insert, update, delete) applied by this call, committed or not yet.
     pub rows: u64,
     /// Upstream transactions skipped because the replica already had them.
     pub skipped_transactions: u64,
-    /// The replica's state version after this call (durable).
+    /// The replica's state version after this call (committed).
     pub state_version: String,
-    /// The LSN that may be confirmed upstream as flushed: the end of the last durable transaction,
-    /// or, while no transaction is open, the WAL end the server last reported.
+    /// The LSN that may be confirmed upstream as flushed once the replica's WAL is synced (see
+    /// [`crate::replica::WalSync`]): the end of the last committed transaction, or, while no
+    /// transaction is open, the WAL end the server last reported.
     pub ack_lsn: u64,
     /// An upstream transaction is open (its Commit has not arrived yet).
     pub in_transaction: bool,
@@ -99,7 +101,7 @@ pub struct ReplicaWriter {
     committed_lsn: u64,
     watermark_lsn: Lsn,
     transaction: Option<OpenTransaction>,
-    /// A SQLite transaction is open (it may hold finished upstream transactions not yet durable).
+    /// A SQLite transaction is open (it may hold finished upstream transactions not yet committed).
     sqlite_open: bool,
     /// Finished upstream transactions inside the open SQLite transaction.
     pending_commits: u64,
@@ -426,7 +428,7 @@ impl ReplicaWriter {
         Ok(())
     }
 
-    /// The commit LSN of the newest transaction applied, durable or pending.
+    /// The commit LSN of the newest transaction applied, committed or pending.
     fn pending_lsn(&self) -> u64 {
         self.pending_state.as_ref().map_or(self.committed_lsn, |p| p.commit_lsn)
     }
@@ -664,11 +666,12 @@ fn record_change(conn: &Connection, tx: &mut OpenTransaction, table: &str, row_k
 /// read back) several times within one SQLite transaction, which made such batches 2–3× slower.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
-/// Opens the replica for writing: WAL (readers never block the writer), every commit durable.
+/// Opens the replica for writing: WAL (readers never block the writer); commits are synced to the
+/// disk by [`crate::replica::WalSync`], not by each commit.
 pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; \
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF; \
          PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
     conn.set_prepared_statement_cache_capacity(512);

@@ -1,5 +1,6 @@
-"""The replicator's backlog of received frames: bounded, taken whole, with backpressure; and
-the receive loop's pause, which must never keep the applying task waiting."""
+"""The replicator's backlog of received frames: bounded, taken whole, with backpressure; the
+receive loop's pause, which must never keep the applying task waiting; and the confirming task,
+which tells upstream only what the replica's disk holds."""
 
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ class _ScriptedStream:
         self.reads_while_applying = 0
         self.handed_out = 0
         self.reads_without_waiting: list[int] = []  # frames handed out before each such read
+        self.statuses: list[int] = []  # LSNs confirmed upstream, in order
 
     async def read_batch(self, *, max_frames: int, max_bytes: int, timeout_s: float) -> list[bytes]:
         if not self._frames:
@@ -95,7 +97,7 @@ class _ScriptedStream:
         return batch
 
     async def send_status(self, lsn: int, *, reply: bool = False) -> None:
-        pass
+        self.statuses.append(lsn)
 
 
 @dataclass
@@ -159,7 +161,7 @@ async def test_a_transaction_spanning_several_batches_never_waits_on_a_receive_p
     writer = _RecordingWriter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(replicator._receive, stream, backlog)
-        nursery.start_soon(replicator._apply, stream, writer, backlog)
+        nursery.start_soon(replicator._apply, writer, backlog)
 
         async def applied() -> None:
             await replicator.versions.wait_newer_than("00")
@@ -187,7 +189,7 @@ async def test_while_a_batch_is_applied_the_receiver_reads_once_then_once_per_pa
     writer.hold.clear()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(replicator._receive, stream, backlog)
-        nursery.start_soon(replicator._apply, stream, writer, backlog)
+        nursery.start_soon(replicator._apply, writer, backlog)
         with trio.fail_after(30):
             while replicator.statistics().receive_pauses < 3:
                 await trio.sleep(0.001)
@@ -211,7 +213,7 @@ async def test_the_applying_task_ending_a_pause_also_takes_what_the_socket_holds
     writer.hold.clear()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(replicator._receive, stream, backlog)
-        nursery.start_soon(replicator._apply, stream, writer, backlog)
+        nursery.start_soon(replicator._apply, writer, backlog)
         await _settled(lambda: replicator.statistics().receive_pauses >= 1)
         handed_out = stream.handed_out  # the first batch, being applied, and the next one so far
         writer.hold.set()
@@ -223,3 +225,39 @@ async def test_the_applying_task_ending_a_pause_also_takes_what_the_socket_holds
     assert len(first) + len(second) > handed_out  # with the frame read when the applying task came back
     stats = replicator.statistics()
     assert stats.receive_pauses_ended_by_apply >= 1
+
+
+class _HeldWalSync:
+    """Stands in for the replica's WAL sync: while `hold` is cleared, a sync waits for it (in the
+    worker thread), as a slow disk would."""
+
+    def __init__(self) -> None:
+        self.hold = threading.Event()
+        self.syncs = 0
+
+    def sync(self) -> None:
+        self.hold.wait()
+        self.syncs += 1
+
+
+async def test_a_commit_reaches_readers_at_once_and_upstream_only_once_on_the_disk(tmp_path: Path) -> None:
+    replicator = _replicator(tmp_path)
+    backlog = _Backlog(max_frames=1_000, max_bytes=1 << 20, counts=replicator._receive_counts)
+    stream = _ScriptedStream([b"begin", b"insert", b"commit"], per_read=3, backlog=backlog)
+    writer = _RecordingWriter()
+    wal = _HeldWalSync()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replicator._receive, stream, backlog)
+        nursery.start_soon(replicator._confirm, stream, wal)
+        nursery.start_soon(replicator._apply, writer, backlog)
+        with trio.fail_after(10):
+            # Published for the view syncer while the sync still waits for the disk.
+            assert await replicator.versions.wait_newer_than("00") == "01"
+        await trio.testing.wait_all_tasks_blocked()
+        assert wal.syncs == 0
+        assert all(lsn < 1 for lsn in stream.statuses), stream.statuses
+        wal.hold.set()
+        await _settled(lambda: 1 in stream.statuses)
+        nursery.cancel_scope.cancel()
+    assert wal.syncs == 1
+    assert stream.statuses[-1] == 1

@@ -14,6 +14,7 @@ import trio
 
 from tests.fixtures.fix_pg import PgServer, database_name
 from tests.view_syncer.harness import CLIENT_SCHEMA, FakeClient, files_of, files_with_owner, init_connection, running
+from zcache import _native
 
 
 @pytest.fixture
@@ -140,6 +141,38 @@ async def test_killed_while_poking_then_restarted(pg_dsn: str, tmp_path: Path) -
             group = [queries[j % 2] for j, x in enumerate(clients) if x.params.client_group_id == r.params.client_group_id]
             assert r.view.rows == h.expected(group), r.params.client_id
             assert not r.broken and not r.errors
+
+
+async def test_a_group_whose_cvr_is_ahead_of_the_replica_waits_for_it(pg_dsn: str, tmp_path: Path) -> None:
+    """A CVR written by a process whose replica was further on (or by this one before a power
+    loss took the replica's last commits, not yet synced, back): the group loads only once the
+    replica has caught up, so its clients are never taken back to older rows."""
+    async with running(pg_dsn, tmp_path) as h:
+        await h.start_service()
+        q = files_of("u1")
+        a = FakeClient("ca", "g1")
+        await h.connect(a, init_connection(q.put(300_000), active_clients=["ca"]))
+        await a.wait_for(lambda: q.hash in a.view.got, "hydration")
+        await h.synced()
+        h.stop_service()
+        # The next commit upstream is past this version; until then the replica is behind it.
+        row = h.upstream.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        ahead = _native.lexi_version(_native.parse_lsn(row[0]) + 1)
+        for table in ("instances", "rowsVersion"):
+            h.upstream.execute(f'UPDATE "zero_0/cvr"."{table}" SET "version" = %s WHERE "clientGroupID" = \'g1\'', [ahead])  # type: ignore[arg-type]
+
+        await h.start_service()
+        b = FakeClient("ca", "g1", base_cookie=a.view.cookie, view=a.view)
+        await h.connect(b, init_connection(active_clients=["ca"], client_schema=None))
+        await trio.sleep(0.5)
+        assert b.pokes == 0 and not b.errors, "the group loaded before the replica reached its CVR"
+        h.upstream.execute("UPDATE file SET name = 'renamed' WHERE id = 'f1'")
+        await b.wait_for(lambda: b.pokes >= 1, "the catch-up once the replica passed the CVR")
+        await h.synced()
+        assert b.view.rows == h.expected([q])
+        assert b.view.cookie > ahead
+        assert not b.broken and not b.errors
 
 
 class StalledClient(FakeClient):

@@ -6,19 +6,23 @@
 2. open the replica, or build one with an initial sync when there is none, or when it no longer
    matches upstream (another app/shard or publications, or its slot is gone or invalidated);
 3. stream from the replica's watermark. One task receives frames into a bounded backlog while
-   another applies what has arrived (the whole backlog as one batch, by Rust in a worker thread),
-   then confirms the durable LSN upstream and publishes the new state version. So Postgres keeps
-   decoding and sending while a batch is applied, and a backlog is applied in large batches.
+   another applies what has arrived (the whole backlog as one batch, by Rust in a worker thread)
+   and publishes the new state version at once; a third makes what was applied durable (one sync
+   of the replica's WAL for however many commits came meanwhile, in a worker thread) and then
+   confirms it upstream. So Postgres keeps decoding and sending while a batch is applied, a
+   backlog is applied in large batches, and no change waits for the disk on its way to clients.
    While a batch is applied and the next one has started filling, the receiver reads the socket
    at most every RECEIVE_PAUSE_S. The applying task never waits for that pause: coming back for
    more, it ends the pause and takes what the socket holds by then too (e.g. the rest of a
    transaction whose Commit had not been read yet).
 
 Invariants:
-- Upstream is told `flush = ack_lsn` only after Rust has committed those transactions durably, so
-  a crash (even kill -9) loses nothing: the next start resumes from the replica's watermark and
-  Rust skips any transaction it already has. A keepalive that asks for a reply is answered at
-  once by the receiving task, with the last durable LSN (not after the batches before it).
+- Upstream is told `flush = ack_lsn` only once those transactions are on the disk (committed,
+  then the WAL synced), so no crash loses what upstream dropped: the next start resumes from the
+  replica's watermark and Rust skips any transaction it already has. A kill -9 loses nothing
+  committed; a power loss may take the replica back to an earlier commit, never before what was
+  confirmed. A keepalive that asks for a reply is answered at once by the receiving task, with
+  the last durable LSN (not after the batches before it).
 - A dropped connection is retried with exponential backoff from the durable watermark.
 - `ResyncRequiredError` (a schema change the stream cannot express, a missing or invalidated slot)
   leads to a fresh initial sync when `ZERO_AUTO_RESET` is on, and stops the replicator otherwise.
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,9 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 RECEIVE_PAUSE_S = 0.005
 # Status updates well inside wal_sender_timeout (60 s by default), and while idle.
 STATUS_INTERVAL_S = 10.0
+# How long the confirming task lets commits gather before it syncs them to the disk.
+CONFIRM_DELAY_S = 0.01
+# An idle applying task still looks for requested indexes this often.
 IDLE_WAIT_S = 1.0
 # Secondary indexes the view syncer may ask the writer for (QueryEngine.index_suggestions).
 MAX_INDEXES = 64
@@ -222,8 +228,11 @@ class Replicator:
         self._state_version = ""
         self._watermark_lsn = 0
         self._slot = ""
-        # What may be confirmed upstream: everything up to it is durable in the replica.
+        # What may be confirmed upstream: everything up to it is on the replica's disk.
         self._durable_lsn = 0
+        # What the next WAL sync makes durable: the writer's `ack_lsn` after its last batch.
+        self._committed_lsn = 0
+        self._committed = trio.Event()  # set when there is something new to confirm
         self._setup: upstream.ShardSetup | None = None
         self._transactions = 0
         self._rows = 0
@@ -389,14 +398,19 @@ class Replicator:
     async def _stream(self, writer: _native.ReplicaWriter) -> None:
         assert self._setup is not None
         start = StreamStart(writer.slot, writer.watermark_lsn, tuple(writer.publications))
+        wal = writer.wal_sync()
+        # The watermark may be a commit not synced yet (before a reconnect, or a restart that
+        # was not a power loss): on the disk before it can be confirmed.
+        await trio.to_thread.run_sync(wal.sync)
         stream = await ReplicationStream.open(self._dsn, start)
         log.info("streaming from slot %s at %s", start.slot, _native.format_lsn(start.start_lsn))
-        self._durable_lsn = start.start_lsn
+        self._durable_lsn = self._committed_lsn = start.start_lsn
         backlog = _Backlog(MAX_BATCH_FRAMES, MAX_BATCH_BYTES, self._receive_counts)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, stream, backlog)
-                await self._apply(stream, writer, backlog)
+                nursery.start_soon(self._confirm, stream, wal)
+                await self._apply(writer, backlog)
         except BaseExceptionGroup as group:
             # One task fails and the other is cancelled: raise that failure as itself, for run().
             if len(group.exceptions) == 1:
@@ -418,12 +432,9 @@ class Replicator:
                 await stream.send_status(self._durable_lsn)
             await backlog.put(frames)
 
-    async def _apply(self, stream: ReplicationStream, writer: _native.ReplicaWriter, backlog: _Backlog) -> None:
-        acked = self._durable_lsn
-        last_status = time.monotonic()
+    async def _apply(self, writer: _native.ReplicaWriter, backlog: _Backlog) -> None:
         while True:
             frames = await backlog.take(IDLE_WAIT_S)
-            reply = False
             if frames:
                 outcome = await trio.to_thread.run_sync(writer.apply_frames, frames)
                 del frames  # not kept while the next batch arrives
@@ -432,11 +443,25 @@ class Replicator:
                 if outcome.schema_changed:
                     log.info("schema change applied at version %s", outcome.state_version)
                 self._note_progress(writer)
-                reply = outcome.reply_requested
-                self._durable_lsn = max(self._durable_lsn, outcome.ack_lsn)
+                self._committed_lsn = max(self._committed_lsn, outcome.ack_lsn)
+                if outcome.reply_requested or self._committed_lsn > self._durable_lsn:
+                    self._committed.set()
             if self._pending_indexes:
                 await self._build_indexes(writer)
-            if reply or self._durable_lsn > acked or time.monotonic() - last_status >= STATUS_INTERVAL_S:
-                await stream.send_status(self._durable_lsn)
-                acked = self._durable_lsn
-                last_status = time.monotonic()
+
+    async def _confirm(self, stream: ReplicationStream, wal: _native.ReplicaWalSync) -> None:
+        """Syncs what the applying task committed and confirms it upstream: as soon as there is
+        something new (one sync covers every commit made before it starts), and at least every
+        STATUS_INTERVAL_S."""
+        while True:
+            with trio.move_on_after(STATUS_INTERVAL_S):
+                await self._committed.wait()
+            self._committed = trio.Event()
+            # The sync waits a moment: its disk write then does not compete with the commit's way
+            # to the clients (the engine's advance, the CVR flush), and it covers more commits.
+            await trio.sleep(CONFIRM_DELAY_S)
+            committed = self._committed_lsn
+            if committed > self._durable_lsn:
+                await trio.to_thread.run_sync(wal.sync)
+                self._durable_lsn = committed
+            await stream.send_status(self._durable_lsn)

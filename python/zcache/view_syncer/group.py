@@ -446,6 +446,15 @@ class ClientGroup:
                 self.engine_generation = self._svc.engine_generation
                 try:
                     self._check(handle, base)
+                    # Rows read before the replica reaches the CVR's version would take the
+                    # clients back to older values.
+                    if not await self._svc.wait_replica(self.version.state):
+                        raise ConnectRefused(
+                            "ServerOverloaded",
+                            f"The replica is behind the client group's CVR (at {self.version.cookie}); it is catching up",
+                            minBackoffMs=1000,
+                            maxBackoffMs=10000,
+                        )
                     await self._hydrate_recorded(handle)
                 except BaseException:
                     self.forget()

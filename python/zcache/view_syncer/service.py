@@ -108,6 +108,8 @@ TICK_S = 0.5
 # them waits for that, not for every group that went idle in a tick.
 RELEASE_CALL_S = 0.002
 IDLE_UNLOAD_S = 30.0
+# How long a loading group waits for the replica to reach its CVR's version (see wait_replica).
+REPLICA_CATCH_UP_S = 30.0
 STORE_RETRY_MAX_S = 10.0
 RETRANSFORM_CONCURRENCY = 8
 INDEX_CHECK_DELAY_S = 0.5
@@ -355,6 +357,18 @@ class ViewSyncerService:
     def group_advanced(self) -> None:
         self._advanced.set()
         self._advanced = trio.Event()
+
+    async def wait_replica(self, state_version: str) -> bool:
+        """Waits (at most REPLICA_CATCH_UP_S) until the replica is at `state_version` or later;
+        False if it is not by then. A CVR can be ahead of this process's replica: written by a
+        process whose replica was further on, or by this one before a power loss took the
+        replica's last, not yet synced, commits back (they are streamed again)."""
+        versions = self._replicator.versions
+        with trio.move_on_after(REPLICA_CATCH_UP_S):
+            while versions.version < state_version:
+                await versions.wait_newer_than(versions.version)
+            return True
+        return False
 
     async def wait_advanced(self, version: str) -> None:
         """Returns once every loaded group's engine state is at `version` or later."""
