@@ -2,7 +2,7 @@
 processes with zero-cache's environment, stopping them, measuring their process trees, and the
 small reporting helpers.
 
-Used by `bench/mutations.py` and `bench/sync_server.py`.
+Used by `bench/mutations.py`, `bench/sync_server.py` and `bench/replication.py --zero-cache`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def server_env(name: str, upstream: str, cvr: str, change: str, workdir: Path, p
         "ZERO_APP_ID": "zero",
         "ZERO_LOG_LEVEL": "warn",
         "NODE_ENV": "development",
+        # zero-cache would otherwise start sending anonymous usage telemetry to Rocicorp a minute
+        # after its start; a benchmark's traffic stays on loopback.
+        "DO_NOT_TRACK": "1",
         **extra,
     }
 
@@ -85,9 +88,11 @@ def start_server(
     workdir: Path,
     extra_env: Mapping[str, str] = {},
     ready_timeout_s: float = 180,
+    poll_s: float = 0.2,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Starts a sync server with zero-cache's environment (plus `extra_env`) in its own session;
-    returns it once `GET /` answers 200."""
+    returns it once `GET /` answers 200 (asked every `poll_s`: a start timed from outside is
+    known to that much)."""
     port = free_port_pair()
     env = server_env(name, upstream, cvr, change, workdir, port, extra_env)
     log_path = workdir / f"{name}.log"
@@ -103,7 +108,7 @@ def start_server(
                     return process, port
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(poll_s)
     stop_server(process)
     raise RuntimeError(f"{name} did not become ready within {ready_timeout_s:g} s:\n{log_path.read_text()[-3000:]}")
 
